@@ -1,0 +1,79 @@
+"""Reading a form post whatever its encoding, and deciding whether the answer is HTML or JSON.
+
+Plain HTML form posts (a browser without JavaScript) get redirects and pages; scripts get JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+
+class PayloadError(Exception):
+    """The body cannot be read as a form: answered with `status` and field messages."""
+
+    def __init__(self, status: int, errors: dict[str, str]) -> None:
+        super().__init__(errors)
+        self.status = status
+        self.errors = errors
+
+
+def wants_html(request: Request) -> bool:
+    """Browsers posting a form accept text/html; JSON bodies and API clients get JSON."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        return False
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 past `max_bytes` (checked before and while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+        raise PayloadError(413, {"body": f"The form is too large (at most {max_bytes} bytes)."})
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadError(413, {"body": f"The form is too large (at most {max_bytes} bytes)."})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_payload(request: Request, max_bytes: int) -> dict[str, Any]:
+    """Field name -> value from a JSON, urlencoded or multipart body (first value wins on repeats)."""
+    body = await read_body(request, max_bytes)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            data = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise PayloadError(400, {"body": "The body is not valid JSON."}) from None
+        if not isinstance(data, dict):
+            raise PayloadError(422, {"body": "The body must be a JSON object of form fields."})
+        return data
+    if content_type in ("application/x-www-form-urlencoded", ""):
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+        except (ValueError, UnicodeDecodeError):
+            raise PayloadError(400, {"body": "The form data could not be read."}) from None
+        return _first_values(pairs)
+    if content_type == "multipart/form-data":
+        request._body = body  # parse the bytes already read and size-checked
+        try:
+            form = await request.form(max_files=0, max_fields=100, max_part_size=max_bytes)
+        except Exception:  # malformed multipart of any kind is the client's fault
+            raise PayloadError(400, {"body": "The form data could not be read."}) from None
+        return _first_values((k, v) for k, v in form.multi_items() if not isinstance(v, UploadFile))
+    raise PayloadError(415, {"body": "Send the form as JSON, urlencoded or multipart form data."})
+
+
+def _first_values(pairs: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        data.setdefault(key, value)
+    return data

@@ -1,0 +1,42 @@
+"""Finding the one contact row for a person, race-free across worker processes.
+
+Uniqueness lives in the database: `INSERT ... ON CONFLICT (email) DO NOTHING`, then the row is
+locked (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite serializes writers with `BEGIN IMMEDIATE`)
+so two workers merging submissions of one person take turns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from leadsync.storage.models import Contact, CrmStatus
+
+
+def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple[Contact, bool]:
+    """The locked contact for `email`, created if new; the flag says whether this call created it."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = {
+        "email": email,
+        "field_times": {},
+        "lifecycle_stage": "subscriber",
+        "newsletter_status": "none",
+        "first_seen_at": now,
+        "last_seen_at": now,
+        "submissions_count": 0,
+        "crm_status": CrmStatus.PENDING,
+        "crm_version": 1,
+        "crm_synced_version": 0,
+        "crm_changed_at": now,
+        "crm_attempts": 0,
+    }
+    statement = insert(Contact).values(**values).on_conflict_do_nothing(index_elements=["email"])
+    created = session.execute(statement).rowcount == 1
+    contact = session.scalars(
+        select(Contact).where(Contact.email == email).with_for_update().execution_options(populate_existing=True)
+    ).one()
+    return contact, created

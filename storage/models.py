@@ -1,0 +1,175 @@
+"""Tables. Every side effect has a row saying whether it happened, so retries and second workers can check.
+
+- `submissions`: every form post as received (the outbox: `status='pending'` until the worker took it).
+- `contacts`: one row per person, unique by normalized email; CRM sync state lives on the row.
+- `email_sends`: one row per email we decided to send (pending -> sending -> sent | failed).
+- `email_attempts`: every SMTP attempt and its outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class SubmissionStatus:
+    PENDING = "pending"  # stored, not yet processed by the worker
+    PROCESSED = "processed"
+    SPAM = "spam"  # stored for counting; never processed
+
+
+class Submission(Base):
+    __tablename__ = "submissions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    form: Mapped[str] = mapped_column(String(32))
+    email: Mapped[str] = mapped_column(String(320))  # normalized
+    fields: Mapped[dict[str, Any]]  # validated, cleaned values
+    raw: Mapped[dict[str, Any]]  # the payload as received
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    page_url: Mapped[str | None] = mapped_column(String(2048))
+    utm: Mapped[dict[str, Any]]
+    consent: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default=SubmissionStatus.PENDING)
+    enqueued_at: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+
+    __table_args__ = (
+        Index("ix_submissions_status_received", "status", "received_at"),
+        Index("ix_submissions_contact", "contact_id"),
+    )
+
+
+class CrmStatus:
+    PENDING = "pending"  # changed since the last successful sync
+    SYNCED = "synced"
+    REJECTED = "rejected"  # HubSpot refused the data; not retried until the contact changes
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(64))
+    interest: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str | None] = mapped_column(Text)
+    hutk: Mapped[str | None] = mapped_column(String(128))
+    page_url: Mapped[str | None] = mapped_column(String(2048))
+    utm_source: Mapped[str | None] = mapped_column(String(255))
+    utm_medium: Mapped[str | None] = mapped_column(String(255))
+    utm_campaign: Mapped[str | None] = mapped_column(String(255))
+    utm_term: Mapped[str | None] = mapped_column(String(255))
+    utm_content: Mapped[str | None] = mapped_column(String(255))
+    field_times: Mapped[dict[str, Any]]  # field -> ISO time of the submission that set it (newest wins)
+    lifecycle_stage: Mapped[str] = mapped_column(String(32))
+    newsletter_status: Mapped[str] = mapped_column(String(16), default="none")
+    packet_requested_at: Mapped[datetime | None]
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    submissions_count: Mapped[int] = mapped_column(default=0)
+
+    crm_status: Mapped[str] = mapped_column(String(16), default=CrmStatus.PENDING)
+    crm_version: Mapped[int] = mapped_column(default=1)  # bumped on every change that HubSpot should see
+    crm_synced_version: Mapped[int] = mapped_column(default=0)
+    crm_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    crm_claimed_until: Mapped[datetime | None]  # a flusher's lease on the row
+    crm_synced_at: Mapped[datetime | None]
+    crm_attempts: Mapped[int] = mapped_column(default=0)
+    crm_error: Mapped[str | None] = mapped_column(Text)
+    hubspot_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_contacts_crm_pending", "crm_status", "crm_changed_at"),)
+
+
+class EmailStatus:
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a worker; the SMTP conversation may be under way
+    RETRY = "retry"  # a temporary failure; a retry is scheduled
+    SENT = "sent"
+    FAILED = "failed"  # permanent failure or attempts exhausted
+
+
+class EmailSend(Base):
+    __tablename__ = "email_sends"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    submission_id: Mapped[str | None] = mapped_column(ForeignKey("submissions.id"))
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=EmailStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]  # when a scheduled retry is due; the sweeper waits for it
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_email_sends_contact_kind", "contact_id", "kind", "created_at"),
+        Index("ix_email_sends_status", "status", "created_at"),
+    )
+
+
+class EmailAttempt(Base):
+    __tablename__ = "email_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    send_id: Mapped[str] = mapped_column(ForeignKey("email_sends.id"), index=True)
+    attempt: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(16), default="started")  # sent | temporary | permanent
+    smtp_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ServiceState(Base):
+    """Small named facts the worker records for operations (e.g. HubSpot refusing our token)."""
+
+    __tablename__ = "service_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,112 @@
+"""Celery tasks: thin wrappers that open a session, call the rules, and enqueue what follows.
+
+The rules live in plain modules (intake, mail.sending, crm.sync, sweeper) so they can be tested
+without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init, worker_ready
+from sqlalchemy.exc import OperationalError
+
+from leadsync.config import get_settings
+from leadsync.storage.db import get_engine, get_sessionmaker, session_scope
+from leadsync.storage.models import utcnow
+from leadsync.worker import signatures
+from leadsync.worker.celery_app import app
+from leadsync.worker.crm.hubspot import HubSpotCrm
+from leadsync.worker.crm.mapping import Mapping, load_mapping
+from leadsync.worker.crm.sync import flush_pending
+from leadsync.worker.intake import process_submission as process_submission_rule
+from leadsync.worker.mail.sending import backoff, deliver
+from leadsync.worker.mail.transport import MailTransport, transport_from_settings
+from leadsync.worker.sweeper import find_due_work, mark_published
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def crm_client() -> HubSpotCrm | None:
+    """One HubSpot client per worker process; None while no token is set."""
+    settings = get_settings()
+    if not settings.hubspot_enabled:
+        return None
+    assert settings.hubspot_access_token is not None
+    return HubSpotCrm(
+        settings.hubspot_access_token.get_secret_value(), settings.hubspot_base_url, settings.hubspot_timeout
+    )
+
+
+@lru_cache(maxsize=1)
+def crm_mapping() -> Mapping:
+    return load_mapping(get_settings().hubspot_mapping_path)
+
+
+@lru_cache(maxsize=1)
+def mail_transport() -> MailTransport:
+    return transport_from_settings(get_settings())
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool process must not share the parent's database connections.
+    get_engine().dispose(close=False)
+
+
+@worker_ready.connect
+def _sweep_on_start(**_: Any) -> None:
+    # Whatever was in flight when the last worker died is picked up now, not at the next beat.
+    app.send_task("leadsync.sweep", queue="intake")
+    if not get_settings().hubspot_enabled:
+        log.warning("HUBSPOT_ACCESS_TOKEN is not set: contacts are kept as pending CRM sync until it is")
+
+
+@app.task(name="leadsync.process_submission", bind=True, max_retries=None)
+def process_submission(self: Task, submission_id: str) -> dict[str, Any]:
+    """Dedupe and merge one submission, then enqueue its packet email."""
+    try:
+        with session_scope() as session:
+            result = process_submission_rule(session, submission_id, get_settings())
+    except OperationalError as error:  # database briefly away: the row is safe, try again
+        raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
+    signatures.enqueue_emails(result.email_send_ids)
+    return {"skipped": result.skipped, "contact_id": result.contact_id, "emails": result.email_send_ids}
+
+
+@app.task(name="leadsync.send_email", bind=True, max_retries=None)
+def send_email(self: Task, send_id: str) -> str:
+    """Send one queued email; temporary failures come back after a jittered backoff."""
+    delivery = deliver(get_sessionmaker(), send_id, mail_transport(), get_settings())
+    if delivery.status == "retry":
+        log.warning("email %s: temporary failure, retrying in %.0fs: %s", send_id, delivery.retry_in, delivery.error)
+        raise self.retry(countdown=delivery.retry_in)
+    if delivery.status == "failed":
+        log.error("email %s failed: %s", send_id, delivery.error)
+    return delivery.status
+
+
+@app.task(name="leadsync.flush_crm")
+def flush_crm() -> dict[str, Any]:
+    """Sync one batch of pending contacts; a full batch means more may wait, so go again at once."""
+    settings = get_settings()
+    report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings)
+    if report.synced + report.rejected >= settings.crm_batch_size:
+        signatures.enqueue_crm_flush()
+    return report.__dict__
+
+
+@app.task(name="leadsync.sweep")
+def sweep() -> dict[str, int]:
+    """Publish again whatever the database says is due and the broker may have lost."""
+    now = utcnow()
+    with session_scope() as session:
+        due = find_due_work(session, now, get_settings())
+    published = [sid for sid in due.submissions if signatures.enqueue_submission(sid)]
+    emails = [eid for eid in due.emails if signatures.enqueue_email(eid)]
+    mark_published(get_sessionmaker(), now, published, emails)
+    return {"submissions": len(published), "emails": len(emails)}
