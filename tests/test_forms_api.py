@@ -160,9 +160,7 @@ def test_health_ready_and_openapi(client: TestClient) -> None:
     assert {"email", "first_name"} <= set(schema["required"])
 
 
-def test_database_down_answers_503_never_500(
-    monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str]
-) -> None:
+def test_database_down_answers_503_never_500(monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str]) -> None:
     # Nothing listens on port 1: every connection is refused, as when PostgreSQL is down.
     settings = apply_settings(monkeypatch, {**base_env, "DATABASE_URL": "postgresql+psycopg://x@127.0.0.1:1/x"})
     with TestClient(create_app(settings)) as client:
@@ -179,4 +177,3 @@ def test_dev_mode_serves_the_demo_page(monkeypatch: pytest.MonkeyPatch, base_env
         page = client.get("/")
     assert page.status_code == 200
     assert "Subscribe To Our Newsletter" in page.text and "Request Information Packet" in page.text
-

@@ -43,7 +43,7 @@ def test_info_packet_requires_email_and_first_name() -> None:
 def test_field_messages_name_each_bad_field() -> None:
     _, errors = validate(
         "info-packet",
-        {"email": "not-an-email", "first_name": "   ", "phone": "1" * 41, "newsletter_opt_in": "perhaps", "interest": 5},
+        {"email": "not-an-email", "first_name": " ", "phone": "1" * 41, "newsletter_opt_in": "perhaps", "interest": 5},
     )
     assert errors == {
         "email": "Enter a valid email address.",

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs the server binaries that the integration tests start themselves
+# (tests/support/services.py): redis-server and PostgreSQL (initdb + postgres).
+#
+# - Idempotent and fast: when both are present it only prints where they are.
+# - Never starts a system service: tests run their own processes on free ports.
+#   A temporary /usr/sbin/policy-rc.d blocks service starts during the install
+#   (the packages still enable their units for a boot), and Debian's automatic
+#   "main" PostgreSQL cluster is not created.
+# - Without root it still succeeds when everything is there; otherwise it says
+#   what to install and exits 1.
+#
+# Debian 12 paths: /usr/bin/redis-server (package redis-server),
+# /usr/lib/postgresql/15/bin/{initdb,postgres} (package postgresql -> postgresql-15).
+set -euo pipefail
+
+log() { printf 'install-test-services: %s\n' "$*"; }
+
+# The newest /usr/lib/postgresql/<ver>/bin holding both initdb and postgres, else PATH.
+find_pg_bindir() {
+    local dir initdb
+    while IFS= read -r dir; do
+        if [[ -n "$dir" && -x "$dir/initdb" && -x "$dir/postgres" ]]; then
+            echo "$dir"
+            return 0
+        fi
+    done < <(shopt -s nullglob; printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k5,5 -rn)
+    if initdb="$(command -v initdb 2>/dev/null)"; then
+        dir="$(dirname "$(readlink -f "$initdb")")"
+        if [[ -x "$dir/postgres" ]]; then
+            echo "$dir"
+            return 0
+        fi
+    fi
+    return 1
+}
+
+find_redis() {
+    command -v redis-server 2>/dev/null || { [[ -x /usr/bin/redis-server ]] && echo /usr/bin/redis-server; }
+}
+
+missing=()
+find_redis >/dev/null || missing+=(redis-server)
+find_pg_bindir >/dev/null || missing+=(postgresql)
+
+if ((${#missing[@]} > 0)); then
+    if [[ "$(id -u)" != 0 ]]; then
+        log "missing: ${missing[*]}; not root, so not installing." >&2
+        log "install as root: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+    if ! command -v apt-get >/dev/null; then
+        log "missing: ${missing[*]} and no apt-get here: install them with this system's package manager" >&2
+        exit 1
+    fi
+
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() {
+        apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold "$@"
+    }
+
+    # Block service starts during the install (invoke-rc.d and deb-systemd-invoke honour it).
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\n# temporary, from install-test-services.sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+
+    log "installing: ${missing[*]}"
+    apt-get update -qq
+    for pkg in "${missing[@]}"; do
+        if [[ "$pkg" == postgresql ]]; then
+            # Like the official postgres image: no system cluster, tests initdb their own.
+            apt_install postgresql-common
+            conf=/etc/postgresql-common/createcluster.conf
+            if [[ -f "$conf" ]]; then
+                sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' "$conf"
+            fi
+        fi
+    done
+    apt_install "${missing[@]}"
+fi
+
+redis="$(find_redis)" || { log "redis-server still missing after install" >&2; exit 1; }
+pg_bindir="$(find_pg_bindir)" || { log "PostgreSQL initdb/postgres still missing after install" >&2; exit 1; }
+log "redis-server: $redis ($("$redis" --version | grep -o 'v=[^ ]*'))"
+log "postgres:     $pg_bindir ($("$pg_bindir/postgres" --version))"

@@ -1,0 +1,118 @@
+"""Running leadsync for real in tests: `leadsync web` and `leadsync worker` as separate processes.
+
+Example:
+    >>> with LeadsyncStack(env, tmp_path) as stack:
+    ...     stack.post("info-packet", {"email": "ann@example.org", "first_name": "Ann"})
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.support.services import free_port
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {value!r})")
+        time.sleep(interval)
+
+
+class LeadsyncStack:
+    """A web process and worker processes (the first with beat) sharing one configuration."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.worker_count = workers
+        self.concurrency = concurrency
+        self.web: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Path] = []
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = self.workdir / f"{name}.log"
+        self._logs.append(log)
+        handle = log.open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "leadsync", *args], cwd=self.workdir, env=self.env, stdout=handle, stderr=handle
+        )
+
+    def start(self) -> LeadsyncStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "leadsync", "db", "upgrade"],
+            cwd=self.workdir,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        self.web = self._spawn("web", "web", "--port", str(self.port))
+        for index in range(self.worker_count):
+            self.start_worker(beat=index == 0)
+        wait_for(self._ready, timeout=30, what="leadsync web /readyz")
+        return self
+
+    def start_worker(self, beat: bool = False) -> subprocess.Popen[bytes]:
+        index = len(self.workers)
+        args = ["worker", "--concurrency", str(self.concurrency), "-n", f"w{index}-{self.port}@%h"]
+        if beat:
+            args.append("--beat")
+        process = self._spawn(f"worker{index}", *args)
+        self.workers.append(process)
+        log = self._logs[-1]
+        wait_for(lambda: b" ready." in log.read_bytes(), timeout=30, what=f"worker {index} ready")
+        return process
+
+    def _ready(self) -> bool:
+        try:
+            return self.client.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def post(self, form: str, data: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        return self.client.post(f"/forms/{form}", json=data, **kwargs)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in self._logs if log.exists()
+        )
+
+    def stop(self) -> None:
+        self.client.close()
+        processes = [p for p in [self.web, *self.workers] if p is not None]
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> LeadsyncStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
