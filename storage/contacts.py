@@ -34,8 +34,8 @@ def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple
         "crm_changed_at": now,
         "crm_attempts": 0,
     }
-    statement = insert(Contact).values(**values).on_conflict_do_nothing(index_elements=["email"])
-    created = session.execute(statement).rowcount == 1
+    statement = insert(Contact).values(**values).on_conflict_do_nothing(index_elements=["email"]).returning(Contact.id)
+    created = session.execute(statement).scalar() is not None  # RETURNING yields no row on conflict
     contact = session.scalars(
         select(Contact).where(Contact.email == email).with_for_update().execution_options(populate_existing=True)
     ).one()

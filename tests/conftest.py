@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 
 from leadsync.config import Settings, get_settings
 from leadsync.storage.db import get_engine
@@ -16,7 +18,7 @@ from leadsync.worker.celery_app import reconfigure
 
 if TYPE_CHECKING:
     from tests.support.hubspot_emulator import HubSpotEmulator
-    from tests.support.services import SmtpSink
+    from tests.support.services import PostgresServer, RedisServer, SmtpSink
 
 
 def apply_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Settings:
@@ -33,10 +35,35 @@ def apply_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Sett
     return settings
 
 
+BACKENDS = ("embedded", "redis-postgres")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    from tests.support.services import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    from tests.support.services import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs twice: on the embedded default and on Redis + PostgreSQL."""
+    return request.param
+
+
 @pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
-    """An empty embedded setup in a temporary folder: SQLite, filesystem broker, .eml outbox."""
-    return {
+def base_env(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """An empty leadsync setup: SQLite + filesystem broker, or a fresh PostgreSQL database + a flushed Redis."""
+    env = {
         "VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'leadsync.db'}",
         "BROKER_URL": "filesystem://",
@@ -44,6 +71,20 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "SMTP_HOST": "",
         "LOG_LEVEL": "INFO",
     }
+    if backend == "embedded":
+        yield env
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres_server")
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    if not redis_server.running:  # a fault-injection test may have stopped it
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    env["DATABASE_URL"] = postgres.create_database(name)
+    env["BROKER_URL"] = redis_server.url
+    yield env
+    get_engine.cache_clear()
+    postgres.drop_database(name)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import redis
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
@@ -30,6 +31,10 @@ def submissions() -> list[Submission]:
 
 
 def queued_tasks(settings: Settings) -> list[dict]:
+    """The task messages waiting on the broker's intake queue (a folder, or a Redis list)."""
+    if settings.celery_broker_url.startswith("redis://"):
+        client = redis.Redis.from_url(settings.celery_broker_url)
+        return [json.loads(raw) for raw in client.lrange("intake", 0, -1)]
     folder = settings.var_dir / "broker" / "queue"
     return [json.loads(path.read_text()) for path in folder.glob("*.msg")]
 

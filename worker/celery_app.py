@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
+from kombu import pools
 
 from leadsync.config import Settings, get_settings
 
@@ -30,6 +31,7 @@ TASK_TIME_LIMIT = 300
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.celery_broker_url
+    settings.var_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
     transport_options: dict[str, Any] = {}
     if url.startswith("filesystem://"):
         folder = settings.var_dir / "broker"
@@ -86,8 +88,9 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 def reconfigure(settings: Settings) -> None:
     """Point the process's app at new settings (tests run many configurations in one process)."""
-    # Pooled connections remember the old URL and which queues they declared: drop them all.
-    app.pool.force_close_all()
+    # Pooled connections remember the old URL and which queues they declared: drop them all
+    # (kombu keys its global pools by URL, and the filesystem transport's folders are not in it).
+    pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
     app.conf.update(celery_config(settings))

@@ -18,7 +18,7 @@ def _send(name: str, args: list[object]) -> bool:
     try:
         app.send_task(name, args=args, queue=TASK_ROUTES[name]["queue"], retry=False)
     except Exception as error:  # the broker being down must never fail the caller
-        log.warning("enqueue failed; the sweeper will retry", extra={"task": name, "error": repr(error)})
+        log.warning("enqueue of %s failed, the sweeper will retry: %r", name, error)
         return False
     return True
 

@@ -26,7 +26,7 @@ def _environment() -> Environment:
     # Autoescape HTML so a name like "<script>" arrives as text, never markup.
     return Environment(
         loader=FileSystemLoader(CONFIG_DIR / "templates"),
-        autoescape=select_autoescape(["html"]),
+        autoescape=select_autoescape(["html"], default_for_string=False),  # the subject is plain text
         undefined=StrictUndefined,
     )
 
