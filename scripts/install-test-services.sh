@@ -42,6 +42,8 @@ find_redis() {
 missing=()
 find_redis >/dev/null || missing+=(redis-server)
 find_pg_bindir >/dev/null || missing+=(postgresql)
+# Validates docker-compose.yml without a Docker engine (`docker-compose config -q`).
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 
 if ((${#missing[@]} > 0)); then
     if [[ "$(id -u)" != 0 ]]; then
@@ -85,3 +87,4 @@ redis="$(find_redis)" || { log "redis-server still missing after install" >&2; e
 pg_bindir="$(find_pg_bindir)" || { log "PostgreSQL initdb/postgres still missing after install" >&2; exit 1; }
 log "redis-server: $redis ($("$redis" --version | grep -o 'v=[^ ]*'))"
 log "postgres:     $pg_bindir ($("$pg_bindir/postgres" --version))"
+log "compose:      $(command -v docker-compose) ($(docker-compose version --short 2>/dev/null))"
