@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -49,6 +50,14 @@ class Settings(BaseSettings):
     smtp_timeout: float = 15.0
     mail_from: str = "Regenerative Medicine Clinic <info@clinic.example>"
     info_packet_path: Path = CONFIG_DIR / "packet" / "info-packet.pdf"
+    email_claim_lease_seconds: float = Field(
+        600.0, gt=0, description="a send claimed this long ago without an outcome is handed out again"
+    )
+    email_retry_base_seconds: float = Field(5.0, gt=0, description="first retry delay; doubles per attempt")
+    email_retry_max_seconds: float = Field(900.0, gt=0, description="longest wait between two attempts")
+    email_give_up_after_seconds: float = Field(
+        172_800.0, gt=0, description="temporary failures are retried this long (2 days, as mail servers do)"
+    )
     packet_resend_window_days: float = Field(30.0, ge=0, description="a repeat request inside it sends nothing")
 
     # HTTP edge.
@@ -58,6 +67,11 @@ class Settings(BaseSettings):
     ops_token: SecretStr | None = None
     max_body_bytes: int = 64 * 1024
     dev_mode: bool = False
+    # The forms' render-time token (forms/tokens.py). Unset secret: derived from DATABASE_URL, so every
+    # process of one deployment agrees without configuration; set it to keep it apart from the database.
+    form_token_secret: SecretStr | None = None
+    form_min_fill_seconds: float = Field(2.0, ge=0, description="a token younger than this makes a post spam")
+    form_token_max_age_seconds: float = Field(86400.0, gt=0, description="an older token makes a post spam")
 
     # Scheduling.
     sweep_interval_seconds: float = 15.0
@@ -85,6 +99,13 @@ class Settings(BaseSettings):
     @property
     def mail_outbox_dir(self) -> Path:
         return self.var_dir / "outbox"
+
+    @property
+    def form_token_key(self) -> bytes:
+        """The HMAC key for form tokens: the configured secret, else one derived from the database URL."""
+        if self.form_token_secret and self.form_token_secret.get_secret_value():
+            return self.form_token_secret.get_secret_value().encode()
+        return hashlib.sha256(f"leadsync form token|{self.sqlalchemy_url}".encode()).digest()
 
     @property
     def hubspot_enabled(self) -> bool:

@@ -46,7 +46,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.05,  # ~50 ms pickup instead of the default 1 s
         }
     elif url.startswith(("redis://", "rediss://")):
-        transport_options = {"visibility_timeout": TASK_TIME_LIMIT * 4}
+        transport_options = {
+            "visibility_timeout": TASK_TIME_LIMIT * 4,
+            # Publishing fails fast instead of retrying for seconds: a request must never wait on a
+            # broker that is down (the sweeper publishes later). Consumers reconnect on their own.
+            "max_retries": 0,
+            "socket_connect_timeout": 2,
+        }
     return {
         "broker_url": url,
         "broker_transport_options": transport_options,

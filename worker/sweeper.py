@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
 from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus
-from leadsync.worker.mail.sending import CLAIM_LEASE
 
 # After a successful publish, wait this long before assuming the message was lost.
 REQUEUE_AFTER = timedelta(minutes=5)
@@ -38,6 +37,7 @@ class DueWork:
 def find_due_work(session: Session, now: datetime, settings: Settings) -> DueWork:
     """Submissions and emails that are due and not (recently) handed to the broker."""
     grace = now - timedelta(seconds=settings.sweep_grace_seconds)
+    lease = timedelta(seconds=settings.email_claim_lease_seconds)
     submissions = session.scalars(
         select(Submission.id)
         .where(
@@ -57,7 +57,7 @@ def find_due_work(session: Session, now: datetime, settings: Settings) -> DueWor
                     func.coalesce(EmailSend.next_attempt_at, EmailSend.created_at) < grace,
                 ),
                 # A claim older than its lease: the worker died mid-send (see mail/sending.py).
-                and_(EmailSend.status == EmailStatus.SENDING, EmailSend.claimed_at < now - CLAIM_LEASE),
+                and_(EmailSend.status == EmailStatus.SENDING, EmailSend.claimed_at < now - lease),
             )
         )
         .order_by(EmailSend.created_at)

@@ -14,6 +14,7 @@ user (else ``nobody``) via ``subprocess.Popen(user=...)``. That execs the server
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -639,6 +640,7 @@ class _SinkHandler:
         return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        await self.sink._pass_gate()
         reply = self.sink._failure_for("RCPT", envelope)
         if reply is not None:
             return reply
@@ -670,6 +672,9 @@ class SmtpSink(_Closable):
         self.rejections = 0
         self._cond = threading.Condition()
         self._failure: _Failure | None = None
+        self._gate = threading.Event()
+        self._gate.set()
+        self._held = 0
         self._controller: Any = None
 
     @property
@@ -766,6 +771,31 @@ class SmtpSink(_Closable):
             raise ValueError(f"at must be 'DATA' or 'RCPT', not {at!r}")
         with self._cond:
             self._failure = _Failure(n, f"{code} {text}", at) if n > 0 else None
+
+    def hold(self) -> None:
+        """Keep every new conversation waiting at RCPT (before any message is accepted) until `release`.
+
+        Lets a test kill a sender while its sends are certainly in flight and certainly not delivered.
+        """
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    @property
+    def held(self) -> int:
+        """How many conversations are waiting at the gate now."""
+        return self._held
+
+    async def _pass_gate(self) -> None:
+        if self._gate.is_set():
+            return
+        self._held += 1
+        try:
+            while not self._gate.is_set():
+                await asyncio.sleep(0.02)
+        finally:
+            self._held -= 1
 
     def _failure_for(self, stage: str, envelope: Any) -> str | None:
         """The failure reply for this command, if one is pending; one message uses up one failure."""

@@ -54,8 +54,14 @@ class LeadsyncStack:
         log = self.workdir / f"{name}.log"
         self._logs.append(log)
         handle = log.open("ab")
+        # Its own session (process group), so a test can SIGKILL a worker with its pool children.
         return subprocess.Popen(
-            [sys.executable, "-m", "leadsync", *args], cwd=self.workdir, env=self.env, stdout=handle, stderr=handle
+            [sys.executable, "-m", "leadsync", *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=handle,
+            stderr=handle,
+            start_new_session=True,
         )
 
     def start(self) -> LeadsyncStack:
@@ -84,6 +90,12 @@ class LeadsyncStack:
         wait_for(lambda: b" ready." in log.read_bytes(), timeout=30, what=f"worker {index} ready")
         return process
 
+    def kill_worker(self, index: int = 0) -> None:
+        """SIGKILL a worker and its pool processes at once: no shutdown, no acks, as in a crash."""
+        process = self.workers[index]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
     def _ready(self) -> bool:
         try:
             return self.client.get("/readyz").status_code == 200
@@ -108,7 +120,7 @@ class LeadsyncStack:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
     def __enter__(self) -> LeadsyncStack:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+from datetime import timedelta
 
 from sqlalchemy import select
 
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import EmailAttempt, EmailSend, utcnow
-from leadsync.worker.mail.sending import CLAIM_LEASE, claim, deliver
+from leadsync.worker.mail.sending import claim, deliver
 from leadsync.worker.mail.transport import FolderTransport, SmtpTransport
 from tests.conftest import apply_settings
 from tests.support.services import SmtpSink
@@ -85,13 +86,13 @@ def test_smtp_server_down_is_a_temporary_failure(settings: Settings, monkeypatch
 
 def test_a_live_claim_blocks_a_second_worker_and_a_stale_one_does_not(settings: Settings) -> None:
     send_id = queued_packet(settings)
-    now = utcnow()
+    now, lease = utcnow(), timedelta(minutes=10)
     with get_sessionmaker()() as session, session.begin():
-        assert claim(session, send_id, now)
+        assert claim(session, send_id, now, lease)
     with get_sessionmaker()() as session, session.begin():
-        assert not claim(session, send_id, now)  # another worker holds it
+        assert not claim(session, send_id, now + lease / 2, lease)  # another worker holds it
     with get_sessionmaker()() as session, session.begin():
-        assert claim(session, send_id, now + CLAIM_LEASE + CLAIM_LEASE)  # the holder died long ago
+        assert claim(session, send_id, now + lease * 2, lease)  # the holder died long ago
 
 
 def test_folder_transport_writes_a_complete_eml(settings: Settings) -> None:

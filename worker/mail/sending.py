@@ -1,12 +1,13 @@
 """Sending one queued email exactly once: a state machine in the database.
 
     pending/retry --claim--> sending --SMTP accepted--> sent
-                                     --4xx/connection--> retry (backoff) ... --> failed (attempts exhausted)
+                                     --4xx/connection--> retry (backoff) ... --> failed (past the retry budget)
                                      --5xx-------------> failed
 
 The claim is one conditional UPDATE, so a redelivered task or a second worker finds nothing to do.
 The one window SMTP cannot close: the server accepted the message and the worker died before
-committing `sent`. The row stays `sending`; after `CLAIM_LEASE` the sweeper hands it out again and
+committing `sent`. The row stays `sending`; after EMAIL_CLAIM_LEASE_SECONDS (10 minutes, far longer
+than any SMTP conversation) the sweeper hands it out again and
 the person may get a second copy (with the same Message-ID, so most mail clients fold them). We keep
 that window to the few milliseconds between the server's 250 and our commit.
 
@@ -31,9 +32,6 @@ from leadsync.storage.models import Contact, EmailAttempt, EmailSend, EmailStatu
 from leadsync.worker.mail.compose import compose_packet
 from leadsync.worker.mail.transport import MailTransport, PermanentMailError, TemporaryMailError
 
-CLAIM_LEASE = timedelta(minutes=10)  # longer than any SMTP conversation (timeouts are 15 s)
-MAX_ATTEMPTS = 8
-
 
 @dataclass(frozen=True)
 class Delivery:
@@ -47,7 +45,7 @@ def backoff(attempt: int, base: float = 5.0, cap: float = 900.0) -> float:
     return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
 
 
-def claim(session: Session, send_id: str, now: datetime) -> bool:
+def claim(session: Session, send_id: str, now: datetime, lease: timedelta) -> bool:
     """Take the send for this worker; False when it is sent, failed or held by a live claim."""
     result = session.execute(
         update(EmailSend)
@@ -55,7 +53,7 @@ def claim(session: Session, send_id: str, now: datetime) -> bool:
             EmailSend.id == send_id,
             or_(
                 EmailSend.status.in_([EmailStatus.PENDING, EmailStatus.RETRY]),
-                (EmailSend.status == EmailStatus.SENDING) & (EmailSend.claimed_at < now - CLAIM_LEASE),
+                (EmailSend.status == EmailStatus.SENDING) & (EmailSend.claimed_at < now - lease),
             ),
         )
         .values(status=EmailStatus.SENDING, claimed_at=now, attempts=EmailSend.attempts + 1)
@@ -69,21 +67,26 @@ def deliver(
     """Claim, send and record one email; every attempt leaves a row in `email_attempts`."""
     now = utcnow()
     with session_factory() as session, session.begin():
-        if not claim(session, send_id, now):
+        if not claim(session, send_id, now, timedelta(seconds=settings.email_claim_lease_seconds)):
             return Delivery("skipped")
         send = session.get_one(EmailSend, send_id)
         contact = session.get_one(Contact, send.contact_id)
         attempt = EmailAttempt(send_id=send_id, attempt=send.attempts, started_at=now)
         session.add(attempt)
         session.flush()
-        attempt_id, attempts, message_id = attempt.id, send.attempts, send.message_id
+        attempt_id, attempts, message_id, created_at = attempt.id, send.attempts, send.message_id, send.created_at
         message = compose_packet(contact, message_id, settings)
 
     try:
         transport.send(message)
     except (TemporaryMailError, PermanentMailError) as error:
-        permanent = isinstance(error, PermanentMailError) or attempts >= MAX_ATTEMPTS
-        delay = None if permanent else backoff(attempts)
+        # Temporary failures are retried for a time budget, not a count: an SMTP outage of an hour
+        # must not turn into lost packets.
+        expired = (utcnow() - created_at).total_seconds() > settings.email_give_up_after_seconds
+        permanent = isinstance(error, PermanentMailError) or expired
+        delay = None
+        if not permanent:
+            delay = backoff(attempts, base=settings.email_retry_base_seconds, cap=settings.email_retry_max_seconds)
         _record(session_factory, send_id, attempt_id, error, delay)
         return Delivery(EmailStatus.FAILED if permanent else EmailStatus.RETRY, delay, str(error))
     _record(session_factory, send_id, attempt_id, None, None)
