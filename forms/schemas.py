@@ -65,6 +65,8 @@ class MetaFields(BaseModel):
     utm_term: _text(255) = None
     utm_content: _text(255) = None
     hutk: _text(128) = None
+    # The signed render-time token (forms/tokens.py); optional because plain HTML forms cannot carry one.
+    ts_token: _text(200) = None
     # Honeypot: hidden from people, filled by bots. Non-empty means spam, not a validation error.
     website: Annotated[str | None, BeforeValidator(_blank_to_none)] = None
 

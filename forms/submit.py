@@ -24,6 +24,7 @@ from leadsync.config import Settings
 from leadsync.forms.negotiation import PayloadError, read_payload, wants_html
 from leadsync.forms.pages import render_errors
 from leadsync.forms.schemas import FORM_KEYS, MESSAGES, MetaFields, validate
+from leadsync.forms.tokens import looks_like_spam
 from leadsync.storage.db import get_sessionmaker
 from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_submission
 from leadsync.worker.signatures import enqueue_submission
@@ -50,7 +51,8 @@ async def submit(request: Request) -> Response:
     if errors or parsed is None:
         return _errors(422, errors, html, form)
 
-    new = _new_submission(request, form, parsed, payload, key)
+    bad_token = looks_like_spam(parsed.ts_token, settings)  # a bad render-time token counts as the honeypot
+    new = _new_submission(request, form, parsed, payload, key, bad_token)
     try:
         outcome = await run_in_threadpool(_store, new)
     except SQLAlchemyError:
@@ -68,8 +70,10 @@ def _store(new: NewSubmission) -> StoreOutcome:
         return store_submission(session, new)
 
 
-def _new_submission(request: Request, form: str, parsed: MetaFields, payload: dict, key: str | None) -> NewSubmission:
-    fields = parsed.model_dump(exclude={"website"}, exclude_none=True)
+def _new_submission(
+    request: Request, form: str, parsed: MetaFields, payload: dict, key: str | None, bad_token: bool = False
+) -> NewSubmission:
+    fields = parsed.model_dump(exclude={"website", "ts_token"}, exclude_none=True)
     email = fields.pop("email")
     request_hash = hashlib.sha256(json.dumps([form, email, fields], sort_keys=True).encode()).hexdigest()
     client = request.client.host if request.client else None
@@ -90,7 +94,7 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
             "user_agent": user_agent,
             "page_url": parsed.page_url,
         },
-        spam=bool(parsed.website),  # the honeypot: kept for counting, never processed
+        spam=bool(parsed.website) or bad_token,  # the honeypot: kept for counting, never processed
         idempotency_key=key,
         request_hash=request_hash,
     )

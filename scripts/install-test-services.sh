@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the server binaries that the integration tests start themselves
-# (tests/support/services.py): redis-server and PostgreSQL (initdb + postgres).
+# (tests/support/services.py): redis-server and PostgreSQL (initdb + postgres),
+# and Debian's chromium, which the browser tests (tests/browser) drive with Playwright
+# (Playwright never downloads a browser here).
 #
-# - Idempotent and fast: when both are present it only prints where they are.
+# - Idempotent and fast: when everything is present it only prints where it is.
 # - Never starts a system service: tests run their own processes on free ports.
 #   A temporary /usr/sbin/policy-rc.d blocks service starts during the install
 #   (the packages still enable their units for a boot), and Debian's automatic
@@ -11,7 +13,8 @@
 #   what to install and exits 1.
 #
 # Debian 12 paths: /usr/bin/redis-server (package redis-server),
-# /usr/lib/postgresql/15/bin/{initdb,postgres} (package postgresql -> postgresql-15).
+# /usr/lib/postgresql/15/bin/{initdb,postgres} (package postgresql -> postgresql-15),
+# /usr/bin/chromium (package chromium).
 set -euo pipefail
 
 log() { printf 'install-test-services: %s\n' "$*"; }
@@ -39,8 +42,13 @@ find_redis() {
     command -v redis-server 2>/dev/null || { [[ -x /usr/bin/redis-server ]] && echo /usr/bin/redis-server; }
 }
 
+find_chromium() {
+    command -v chromium 2>/dev/null || { [[ -x /usr/bin/chromium ]] && echo /usr/bin/chromium; }
+}
+
 missing=()
 find_redis >/dev/null || missing+=(redis-server)
+find_chromium >/dev/null || missing+=(chromium)
 find_pg_bindir >/dev/null || missing+=(postgresql)
 # Validates docker-compose.yml without a Docker engine (`docker-compose config -q`).
 command -v docker-compose >/dev/null || missing+=(docker-compose)
@@ -86,5 +94,7 @@ fi
 redis="$(find_redis)" || { log "redis-server still missing after install" >&2; exit 1; }
 pg_bindir="$(find_pg_bindir)" || { log "PostgreSQL initdb/postgres still missing after install" >&2; exit 1; }
 log "redis-server: $redis ($("$redis" --version | grep -o 'v=[^ ]*'))"
+chromium="$(find_chromium)" || { log "chromium still missing after install" >&2; exit 1; }
 log "postgres:     $pg_bindir ($("$pg_bindir/postgres" --version))"
+log "chromium:     $chromium ($("$chromium" --version 2>/dev/null || echo 'version unknown'))"
 log "compose:      $(command -v docker-compose) ($(docker-compose version --short 2>/dev/null))"
