@@ -1,26 +1,39 @@
 """HubSpot behind a small interface, through the official `hubspot-api-client`.
 
-It sorts HubSpot's answers into the classes the sync acts on, passes an explicit timeout on every
-call (the client has none), and keeps one API object per process (each attribute access in the
-client builds a new one).
+Every call goes through one path (`_call`): take a slot from the shared rate limiter, pass an explicit
+timeout (the client has none), fold the answer's rate-limit headers back into the limiter, and sort
+failures into the classes the sync acts on. 5xx, timeouts and connection errors are retried here with
+exponential backoff and jitter (batch upserts by email and updates by id are idempotent, so a timed-out
+write that landed anyway is harmless to send again); a 429 pauses every worker and is retried after the
+pause. One object per process holds the client's API objects (each attribute access in the client
+builds a new one).
 
 Example:
-    >>> crm = HubSpotCrm(token="pat-...", base_url="https://api.hubapi.com", timeout=10)
-    >>> outcome = crm.upsert_by_email([UpsertInput("ann@example.org", {"firstname": "Ann"}, trace_id="17")])
+    >>> crm = HubSpotCrm(token="pat-...", base_url="https://api.hubapi.com", timeout=10, limiter=limiter)
+    >>> outcome = crm.upsert_by_email([WriteInput("ann@example.org", {"firstname": "Ann"}, trace_id="17")])
     >>> outcome.ids
-    {'ann@example.org': '151'}
+    {'17': '151'}
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
 from hubspot import HubSpot
 from hubspot.crm.contacts import (
+    BatchInputSimplePublicObjectBatchInput,
     BatchInputSimplePublicObjectBatchInputUpsert,
+    PublicGdprDeleteInput,
+    SimplePublicObjectBatchInput,
     SimplePublicObjectBatchInputUpsert,
 )
 from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
@@ -28,9 +41,13 @@ from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCre
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
 from leadsync.worker.crm.mapping import Mapping
+from leadsync.worker.crm.ratelimit import LIMITER_ERRORS, RateLimitBusy, RateLimiter, identity_for, memory_limiter
+
+log = logging.getLogger(__name__)
 
 API_ERRORS = (ContactsApiException, PropertiesApiException)
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+MAX_BATCH = 100  # HubSpot's limit on inputs per batch call
 
 
 class CrmError(Exception):
@@ -42,15 +59,16 @@ class CrmError(Exception):
 
 
 class CrmTemporaryError(CrmError):
-    """5xx, timeouts, connection errors: back off and try again."""
+    """5xx, timeouts, connection errors (or the limiter's storage away): back off and try again."""
 
 
 class CrmRateLimited(CrmError):
-    """429: wait `retry_after` seconds (HubSpot's Retry-After, else the rest of the window)."""
+    """429, or no rate-limit slot soon enough: wait `retry_after` seconds. `policy` is HubSpot's policyName."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, policy: str | None = None) -> None:
         super().__init__(message, 429)
         self.retry_after = retry_after
+        self.policy = policy
 
 
 class CrmAuthError(CrmError):
@@ -58,30 +76,78 @@ class CrmAuthError(CrmError):
 
 
 class CrmRejected(CrmError):
-    """400 for the whole batch; `errors` carries HubSpot's per-error details."""
+    """A 4xx for the whole batch; `errors` carries HubSpot's per-error details."""
 
-    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
-        super().__init__(message, 400)
+    def __init__(self, message: str, errors: list[dict[str, Any]], status: int = 400) -> None:
+        super().__init__(message, status)
         self.errors = errors
+
+    @property
+    def code(self) -> str:
+        first = self.errors[0] if self.errors else {}
+        return str(first.get("code") or first.get("category") or "VALIDATION_ERROR")
 
 
 @dataclass(frozen=True)
-class UpsertInput:
-    email: str
+class WriteInput:
+    """One contact write: `key` is the email (upsert) or the HubSpot record id (update)."""
+
+    key: str
     properties: dict[str, str]
-    trace_id: str  # our contact id: HubSpot echoes it on per-input errors
+    trace_id: str  # our contact id: HubSpot echoes it on results and per-input errors
 
 
 @dataclass(frozen=True)
 class InputError:
-    code: str  # HubSpot's error code, e.g. INVALID_EMAIL, PROPERTY_DOESNT_EXIST
+    code: str  # HubSpot's error code, e.g. INVALID_EMAIL, PROPERTY_DOESNT_EXIST, OBJECT_NOT_FOUND
     message: str
 
 
 @dataclass
-class UpsertOutcome:
-    ids: dict[str, str] = field(default_factory=dict)  # lowercased email -> HubSpot record id
+class WriteOutcome:
+    ids: dict[str, str] = field(default_factory=dict)  # trace id -> HubSpot record id
     errors: dict[str, InputError] = field(default_factory=dict)  # trace id -> why HubSpot refused it
+
+    def merge(self, other: WriteOutcome) -> None:
+        self.ids.update(other.ids)
+        self.errors.update(other.errors)
+        for trace_id in other.ids:
+            self.errors.pop(trace_id, None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one flush tries before it gives the batch back."""
+
+    attempts: int = 4  # tries per call for 5xx, timeouts, connection errors
+    base: float = 0.5  # seconds; doubles per attempt, capped, with jitter
+    cap: float = 8.0
+    rate_limited: int = 3  # 429s absorbed (each pauses every worker) before the batch is deferred
+    max_wait: float = 5.0  # longest a call waits for a rate-limit slot before the batch is deferred
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half fixed, half random, so retries spread out."""
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class CallStats:
+    """What this process saw of HubSpot; the sync persists it for `leadsync status`."""
+
+    calls: int = 0
+    rate_limited: int = 0  # 429 answers
+    retries: int = 0
+    daily_limit: int | None = None
+    daily_remaining: int | None = None
+    window_max: int | None = None
+    window_remaining: int | None = None
+    last_429_at: str | None = None
+    last_429_policy: str | None = None
+    _reported_429: int = 0  # how many of the 429s were already handed to take_stats
+
+    def snapshot(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
 def _body(error: Any) -> dict[str, Any]:
@@ -89,6 +155,11 @@ def _body(error: Any) -> dict[str, Any]:
         return json.loads(error.body or "{}")
     except (TypeError, ValueError):
         return {}
+
+
+def _headers(error_or_headers: Any) -> dict[str, str]:
+    headers = getattr(error_or_headers, "headers", error_or_headers) or {}
+    return {str(k).lower(): str(v) for k, v in headers.items()}
 
 
 def classify(error: BaseException) -> CrmError:
@@ -99,101 +170,236 @@ def classify(error: BaseException) -> CrmError:
         status, body = error.status or 0, _body(error)
         message = f"HubSpot {status}: {body.get('message') or error.reason}"
         if status == 429:
-            headers = {k.lower(): v for k, v in (error.headers or {}).items()}
+            headers = _headers(error)
             retry_after = headers.get("retry-after")
             interval_ms = headers.get("x-hubspot-ratelimit-interval-milliseconds")
             wait = float(retry_after) if retry_after else float(interval_ms or 10_000) / 1000
-            return CrmRateLimited(message, wait)
+            return CrmRateLimited(message, wait, body.get("policyName"))
         if status in (401, 403):
             return CrmAuthError(message, status)
-        if status == 400:
-            return CrmRejected(message, body.get("errors") or [body])
         if status == 0 or status >= 500 or status in (408, 423):
             return CrmTemporaryError(message, status)
-        return CrmRejected(message, [body])
+        return CrmRejected(message, body.get("errors") or [body], status)
     if isinstance(error, TRANSPORT_ERRORS):
         return CrmTemporaryError(f"HubSpot unreachable: {error.__class__.__name__}: {error}")
     raise error
 
 
-class HubSpotCrm:
-    """The HubSpot contacts and properties APIs, one client per process."""
+def _error_code(error: Any) -> str:
+    details = getattr(error, "errors", None) or []
+    code = details[0].code if details and getattr(details[0], "code", None) else None
+    return code or getattr(error, "category", None) or "ERROR"
 
-    def __init__(self, token: str, base_url: str, timeout: float) -> None:
+
+def _chunks(items: Sequence[WriteInput], size: int = MAX_BATCH) -> list[Sequence[WriteInput]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class HubSpotCrm:
+    """The HubSpot contacts and properties APIs for one process, behind the shared rate limiter."""
+
+    def __init__(
+        self,
+        token: str,
+        base_url: str,
+        timeout: float,
+        limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         client = HubSpot(access_token=token, host=base_url.rstrip("/"))
         self._batch = client.crm.contacts.batch_api
+        self._basic = client.crm.contacts.basic_api
         self._properties = client.crm.properties.core_api
         self._groups = client.crm.properties.groups_api
         self.timeout = timeout
+        self.limiter = limiter or memory_limiter(100, identity_for(token, base_url))
+        self.retry = retry or RetryPolicy()
+        self.fingerprint = identity_for(token, base_url)  # tells a changed token apart, never shows it
+        self.stats = CallStats()
+        self._stats_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the token
-        return f"HubSpotCrm(timeout={self.timeout})"
+        return f"HubSpotCrm(timeout={self.timeout}, limiter={self.limiter!r})"
 
-    def upsert_by_email(self, inputs: list[UpsertInput]) -> UpsertOutcome:
-        """One batch upsert keyed by email (at most 100 inputs, one per email).
+    def take_stats(self) -> tuple[dict[str, Any], int]:
+        """The stats, and the 429s seen since the last call (the sync adds them to the shared count)."""
+        with self._stats_lock:
+            new = self.stats.rate_limited - self.stats._reported_429
+            self.stats._reported_429 = self.stats.rate_limited
+            return self.stats.snapshot(), new
+
+    # ------------------------------------------------------------------ one path for every call
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Rate-limited, timed-out, retried call of a client `*_with_http_info` method; returns the data."""
+        failures = rate_limited = 0
+        while True:
+            try:
+                self.limiter.acquire(self.retry.max_wait)
+            except RateLimitBusy as busy:
+                raise CrmRateLimited(str(busy), busy.wait) from busy
+            except LIMITER_ERRORS as error:
+                raise CrmTemporaryError(f"rate limiter unavailable: {error}") from error
+            try:
+                data, _status, headers = method(*args, _request_timeout=self.timeout)
+            except Exception as raw:
+                error = classify(raw)
+                self._observe(getattr(raw, "headers", None), error)
+                if isinstance(error, CrmRateLimited):
+                    rate_limited += 1
+                    # HubSpot rarely sends Retry-After on the 10-second window; then a short pause is enough,
+                    # because `observe` has already marked our window as full as HubSpot's.
+                    pause = error.retry_after if "retry-after" in _headers(raw) else 1.0
+                    if error.policy == "DAILY":
+                        pause = max(pause, 900.0)
+                    self._pause(pause)
+                    if error.policy == "DAILY" or rate_limited >= self.retry.rate_limited:
+                        raise CrmRateLimited(str(error), pause, error.policy) from raw
+                    continue
+                if isinstance(error, CrmTemporaryError):
+                    failures += 1
+                    if failures >= self.retry.attempts:
+                        raise error from raw
+                    delay = self.retry.delay(failures)
+                    log.warning("HubSpot call failed (%s); retry %d in %.1fs", error, failures, delay)
+                    with self._stats_lock:
+                        self.stats.retries += 1
+                    time.sleep(delay)
+                    continue
+                raise error from raw
+            self._observe(headers, None)
+            return data
+
+    def _pause(self, seconds: float) -> None:
+        try:
+            self.limiter.pause(seconds)
+        except LIMITER_ERRORS as error:  # the 429 itself is what matters; the caller defers
+            log.warning("could not record the HubSpot pause: %s", error)
+
+    def _observe(self, headers: Any, error: CrmError | None) -> None:
+        found = _headers(headers)
+        with self._stats_lock:
+            self.stats.calls += 1
+            for name, attribute in (
+                ("x-hubspot-ratelimit-daily", "daily_limit"),
+                ("x-hubspot-ratelimit-daily-remaining", "daily_remaining"),
+                ("x-hubspot-ratelimit-max", "window_max"),
+                ("x-hubspot-ratelimit-remaining", "window_remaining"),
+            ):
+                if found.get(name, "").isdigit():
+                    setattr(self.stats, attribute, int(found[name]))
+            if isinstance(error, CrmRateLimited):
+                self.stats.rate_limited += 1
+                self.stats.last_429_at = datetime.now(UTC).isoformat(timespec="seconds")
+                self.stats.last_429_policy = error.policy or "TEN_SECONDLY_ROLLING"
+        if found and not (isinstance(error, CrmRateLimited) and "retry-after" in found):
+            # (with Retry-After, HubSpot said exactly how long to wait: the pause covers it)
+            try:
+                self.limiter.observe(found)
+            except LIMITER_ERRORS as failure:
+                log.warning("could not fold HubSpot's rate headers in: %s", failure)
+
+    # ------------------------------------------------------------------ contacts
+
+    def upsert_by_email(self, inputs: Sequence[WriteInput]) -> WriteOutcome:
+        """Batch upserts keyed by email, at most 100 inputs a call (more are split).
 
         Every input carries an objectWriteTraceId, so HubSpot answers one bad input with a 207
         listing it instead of rejecting the whole batch.
         """
-        batch = BatchInputSimplePublicObjectBatchInputUpsert(
-            inputs=[
-                SimplePublicObjectBatchInputUpsert(
-                    id=item.email,
-                    id_property="email",
-                    object_write_trace_id=item.trace_id,
-                    properties=item.properties,
-                )
-                for item in inputs
-            ]
-        )
-        try:
-            response = self._batch.upsert(batch, _request_timeout=self.timeout)
-        except Exception as error:
-            raise classify(error) from error
-        outcome = UpsertOutcome()
-        for record in response.results or []:
-            email = (record.properties or {}).get("email")
-            if email:
-                outcome.ids[email.lower()] = record.id
-        for error in getattr(response, "errors", None) or []:
-            details = error.errors or []
-            code = (details[0].code if details and details[0].code else None) or error.category or "ERROR"
-            for trace_id in (error.context or {}).get("objectWriteTraceId", []):
-                outcome.errors[trace_id] = InputError(code, error.message or code)
+        outcome = WriteOutcome()
+        for chunk in _chunks(inputs):
+            batch = BatchInputSimplePublicObjectBatchInputUpsert(
+                inputs=[
+                    SimplePublicObjectBatchInputUpsert(
+                        id=item.key,
+                        id_property="email",
+                        object_write_trace_id=item.trace_id,
+                        properties=item.properties,
+                    )
+                    for item in chunk
+                ]
+            )
+            response = self._call(self._batch.upsert_with_http_info, batch)
+            outcome.merge(self._outcome(response, {item.key.lower(): item.trace_id for item in chunk}))
         return outcome
 
-    def bootstrap(self, mapping: Mapping) -> list[str]:
-        """Create the property group and the custom properties that are missing; returns what was created."""
-        created: list[str] = []
-        try:
-            groups = {group.name for group in self._groups.get_all("contacts", _request_timeout=self.timeout).results}
-            if mapping.group_name not in groups:
-                self._groups.create(
-                    "contacts",
-                    PropertyGroupCreate(name=mapping.group_name, label=mapping.group_label),
-                    _request_timeout=self.timeout,
-                )
-                created.append(f"group {mapping.group_name}")
-            existing = {p.name for p in self._properties.get_all("contacts", _request_timeout=self.timeout).results}
-            for spec in mapping.custom:
-                if spec.hubspot in existing:
-                    continue
-                options = [
-                    OptionInput(label=o, value=o, display_order=i, hidden=False) for i, o in enumerate(spec.options)
+    def update_by_id(self, inputs: Sequence[WriteInput]) -> WriteOutcome:
+        """Batch updates by HubSpot record id (at most 100 a call): a changed email never makes a duplicate."""
+        outcome = WriteOutcome()
+        for chunk in _chunks(inputs):
+            batch = BatchInputSimplePublicObjectBatchInput(
+                inputs=[
+                    SimplePublicObjectBatchInput(
+                        id=item.key, object_write_trace_id=item.trace_id, properties=item.properties
+                    )
+                    for item in chunk
                 ]
-                self._properties.create(
-                    "contacts",
-                    PropertyCreate(
-                        name=spec.hubspot,
-                        label=spec.label or spec.hubspot,
-                        type=spec.type,
-                        field_type=spec.field_type,
-                        group_name=mapping.group_name,
-                        options=options or None,
-                    ),
-                    _request_timeout=self.timeout,
-                )
+            )
+            response = self._call(self._batch.update_with_http_info, batch)
+            outcome.merge(self._outcome(response, {}))
+        return outcome
+
+    def gdpr_delete(self, email: str) -> None:
+        """Erase a person from HubSpot for good (GDPR delete by email); HubSpot also blocks the address.
+
+        An address HubSpot does not hold is fine: the delete by email answers 204 either way.
+        """
+        self._call(self._basic.purge_with_http_info, PublicGdprDeleteInput(object_id=email, id_property="email"))
+
+    @staticmethod
+    def _outcome(response: Any, trace_by_email: dict[str, str]) -> WriteOutcome:
+        outcome = WriteOutcome()
+        for record in response.results or []:
+            trace_id = getattr(record, "object_write_trace_id", None)
+            if not trace_id:  # older answers without the echo: match upserts by email
+                trace_id = trace_by_email.get(((record.properties or {}).get("email") or "").lower())
+            if trace_id:
+                outcome.ids[str(trace_id)] = str(record.id)
+        for error in getattr(response, "errors", None) or []:
+            for trace_id in (error.context or {}).get("objectWriteTraceId", []):
+                outcome.errors[str(trace_id)] = InputError(_error_code(error), error.message or _error_code(error))
+        return outcome
+
+    # ------------------------------------------------------------------ properties
+
+    def bootstrap(self, mapping: Mapping) -> list[str]:
+        """Create the property group and the synced custom properties that are missing (idempotent).
+
+        Returns what was created; a property another worker created meanwhile (409) counts as there.
+        """
+        created: list[str] = []
+        groups = {g.name for g in self._call(self._groups.get_all_with_http_info, "contacts").results}
+        if mapping.group_name not in groups:
+            group = PropertyGroupCreate(name=mapping.group_name, label=mapping.group_label)
+            if self._create(self._groups.create_with_http_info, group):
+                created.append(f"group {mapping.group_name}")
+        existing = {p.name for p in self._call(self._properties.get_all_with_http_info, "contacts").results}
+        for spec in mapping.custom:
+            if spec.hubspot in existing:
+                continue
+            options = [OptionInput(label=o, value=o, display_order=i, hidden=False) for i, o in enumerate(spec.options)]
+            definition = PropertyCreate(
+                name=spec.hubspot,
+                label=spec.label or spec.hubspot,
+                type=spec.type,
+                field_type=spec.field_type,
+                group_name=mapping.group_name,
+                options=options or None,
+            )
+            if self._create(self._properties.create_with_http_info, definition):
                 created.append(f"property {spec.hubspot}")
-        except Exception as error:
-            raise classify(error) from error
         return created
+
+    def _create(self, method: Callable[..., Any], body: Any) -> bool:
+        try:
+            self._call(method, "contacts", body)
+        except CrmRejected as error:
+            if error.status == 409:  # created meanwhile by another worker: that is what we wanted
+                return False
+            raise
+        return True
+
+    def check(self) -> None:
+        """One cheap authenticated call; raises CrmError when HubSpot refuses it."""
+        self._call(self._groups.get_all_with_http_info, "contacts")

@@ -1,5 +1,11 @@
 """The form-field -> HubSpot-property mapping from `config/hubspot_mapping.toml`, and applying it.
 
+Two properties get special care. `lifecyclestage` is sent only when leadsync's stage moved past the
+one it last wrote (`Contact.hubspot_stage`), so a stage sales set later in HubSpot (opportunity,
+customer) is never written back to `lead`; for a record leadsync has not written yet, HubSpot's own
+rule (stages only move forward unless cleared) protects it. `email` is left out of updates by record id,
+so a record whose email sales changed keeps it (and no duplicate is made).
+
 Example:
     >>> mapping = load_mapping(settings.hubspot_mapping_path)
     >>> contact_properties(contact, mapping)
@@ -58,13 +64,24 @@ def format_value(value: Any) -> str | None:
     return str(value)
 
 
-def contact_properties(contact: Any, mapping: Mapping) -> dict[str, str]:
-    """The HubSpot properties for `contact`; empty values are left out so they never blank HubSpot's."""
+STAGE_PROPERTY = "lifecyclestage"
+EMAIL_PROPERTY = "email"
+
+
+def contact_properties(contact: Any, mapping: Mapping, by_id: bool = False) -> dict[str, str]:
+    """The HubSpot properties for `contact`; empty values are left out so they never blank HubSpot's.
+
+    `by_id`: the write goes to a record leadsync knows, so neither the email nor an unchanged lifecycle
+    stage is sent (see the module docstring).
+    """
     properties: dict[str, str] = {}
     for spec in mapping.properties:
-        if not spec.sync:
+        if not spec.sync or (by_id and spec.hubspot == EMAIL_PROPERTY):
             continue
         value = format_value(getattr(contact, spec.field, None))
-        if value is not None:
-            properties[spec.hubspot] = value
+        if value is None:
+            continue
+        if by_id and spec.hubspot == STAGE_PROPERTY and value == getattr(contact, "hubspot_stage", None):
+            continue  # already written to this record; sales may have moved it on since
+        properties[spec.hubspot] = value
     return properties

@@ -1,44 +1,77 @@
-"""Flushing pending contact changes to HubSpot in batches.
+"""Flushing pending contact changes to HubSpot in batches, every failure handled on purpose.
 
-A contact is pending while `crm_version > crm_synced_version`. A flush leases up to 100 pending
-rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so flushers on several workers take disjoint
-batches), upserts them by email in one call, and records HubSpot's ids. A change that lands while
-the call is in flight bumps the version, so the contact stays pending for the next flush.
+A contact is pending while `crm_version > crm_synced_version`. A flush leases up to 100 pending rows
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL, so flushers on several workers take disjoint batches),
+deduplicated by lowercased email and by record id, and writes them in at most two calls: an update by
+record id for contacts HubSpot already knows (a changed email never makes a duplicate), a batch upsert
+by email for the rest. A change that lands while a call is in flight bumps the version, so the contact
+stays pending for the next flush.
+
+What each failure does:
+
+- 207 with per-input errors (every input carries an objectWriteTraceId): the good inputs are done, each
+  bad one is `rejected` with HubSpot's reason (and a dead letter) and not retried until the contact
+  changes again or someone runs `leadsync failed retry`.
+- PROPERTY_DOESNT_EXIST: the mapped properties are created and those inputs sent once more.
+- OBJECT_NOT_FOUND on an update (the record was deleted or merged away): the id is dropped and the
+  contact upserted by email in the same flush.
+- A 400 for the whole batch: the named duplicates are held back, otherwise the batch is split in
+  halves until the bad input stands alone; the other inputs go through.
+- 401/403: syncing stops (nothing leased, everything stays pending), `leadsync status` turns degraded
+  and the log says ERROR; one probe every AUTH_RETRY, or at once when the token changes.
+- 5xx, timeouts, connection errors: retried with backoff inside the call; if HubSpot stays down, every
+  flusher pauses with a growing, jittered backoff (service state `hubspot_pause`).
+- 429 / no rate-limit slot soon: the batch is given back untouched for the next flush.
 
 Example:
     >>> report = flush_pending(session_factory, crm, mapping, settings)
-    >>> report.synced, report.rejected
-    (100, 0)
+    >>> report.synced, report.rejected, report.calls
+    (100, 0, 1)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
 from leadsync.storage.models import Contact, CrmStatus, ServiceState, utcnow
+from leadsync.worker import dead_letters
 from leadsync.worker.crm.hubspot import (
+    MAX_BATCH,
     CrmAuthError,
     CrmError,
     CrmRateLimited,
     CrmRejected,
+    CrmTemporaryError,
     HubSpotCrm,
     InputError,
-    UpsertInput,
-    UpsertOutcome,
+    WriteInput,
+    WriteOutcome,
 )
 from leadsync.worker.crm.mapping import Mapping, contact_properties
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=2)  # longer than one HubSpot call with its timeout
-AUTH_STATE = "hubspot_auth"
+LEASE = timedelta(minutes=3)  # longer than one flush with its retries and timeouts
+AUTH_STATE = "hubspot_auth"  # {ok, detail, at, token, retry_at}
+PAUSE_STATE = "hubspot_pause"  # {until, failures, detail}: HubSpot down or the daily limit reached
+RATE_STATE = "hubspot_rate"  # the daily budget and 429s, for `leadsync status`
+AUTH_RETRY = timedelta(minutes=10)
+PAUSE_BASE, PAUSE_CAP = 5.0, 300.0  # seconds
+LONG_RATE_WAIT = 30.0  # a rate-limit wait longer than this (the daily limit) pauses every flusher
+
+NOT_FOUND = "OBJECT_NOT_FOUND"
+MISSING_PROPERTY = "PROPERTY_DOESNT_EXIST"
+DUPLICATE = "DUPLICATE_ID"
 
 
 @dataclass
@@ -46,37 +79,90 @@ class FlushReport:
     claimed: int = 0
     synced: int = 0
     rejected: int = 0
-    deferred: int = 0  # released for a later flush (rate limit, outage)
-    held: int = 0  # pending while no HubSpot token is set
+    deferred: int = 0  # given back for a later flush (rate limit, outage, duplicate in the batch)
+    held: int = 0  # pending while no token is set, the token is refused, or HubSpot is paused
+    calls: int = 0  # HubSpot calls made by this flush (retries included)
+    rate_limited: int = 0  # of which answered 429
     error: str | None = None
+
+    def full(self, batch_size: int) -> bool:
+        """A full batch went through, so more may be waiting: flush again at once."""
+        return self.claimed >= batch_size and self.error is None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One leased contact and what to send for it."""
+
+    contact_id: int
+    version: int
+    email: str
+    hubspot_id: str | None
+    stage: str  # the lifecycle stage as sent
+    written_stage: str | None  # the stage HubSpot got last time
+    by_id: dict[str, str]  # properties for an update of the known record
+    by_email: dict[str, str]  # properties for an upsert by email
+
+    @property
+    def trace_id(self) -> str:
+        return str(self.contact_id)
+
+
+@dataclass
+class _Progress:
+    """What a flush learned so far; recorded even when a later call fails."""
+
+    ids: dict[int, str] = field(default_factory=dict)  # contact id -> HubSpot record id
+    errors: dict[int, InputError] = field(default_factory=dict)
+    stale: set[int] = field(default_factory=set)  # their stored record id no longer exists
 
 
 def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(Contact.crm_status == CrmStatus.PENDING)) or 0
 
 
-def _claim(
-    session_factory: Callable[[], Session], mapping: Mapping, limit: int, now: datetime
-) -> tuple[dict[int, int], list[UpsertInput]]:
-    """Lease up to `limit` pending contacts; returns their versions and the upsert inputs."""
+def _claim(session_factory: Callable[[], Session], mapping: Mapping, limit: int, now: datetime) -> list[Claimed]:
+    """Lease up to `limit` pending contacts, one per email and one per HubSpot record."""
     with session_factory() as session, session.begin():
-        ids = session.scalars(
-            select(Contact.id)
+        contacts = session.scalars(
+            select(Contact)
             .where(
                 Contact.crm_status == CrmStatus.PENDING,
                 or_(Contact.crm_claimed_until.is_(None), Contact.crm_claimed_until < now),
             )
-            .order_by(Contact.crm_changed_at)
+            .order_by(Contact.crm_changed_at, Contact.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).all()
-        if not ids:
-            return {}, []
-        session.execute(update(Contact).where(Contact.id.in_(ids)).values(crm_claimed_until=now + LEASE))
-        contacts = session.scalars(select(Contact).where(Contact.id.in_(ids))).all()
-        versions = {contact.id: contact.crm_version for contact in contacts}
-        inputs = [UpsertInput(c.email, contact_properties(c, mapping), str(c.id)) for c in contacts]
-        return versions, inputs
+        claimed: list[Claimed] = []
+        emails: set[str] = set()
+        records: set[str] = set()
+        for contact in contacts:
+            email = contact.email.strip().lower()
+            if email in emails or (contact.hubspot_id and contact.hubspot_id in records):
+                continue  # two inputs for one record fail the whole batch: this one waits for the next
+            emails.add(email)
+            if contact.hubspot_id:
+                records.add(contact.hubspot_id)
+            claimed.append(
+                Claimed(
+                    contact_id=contact.id,
+                    version=contact.crm_version,
+                    email=email,
+                    hubspot_id=contact.hubspot_id,
+                    stage=contact.lifecycle_stage,
+                    written_stage=contact.hubspot_stage,
+                    by_id=contact_properties(contact, mapping, by_id=True),
+                    by_email={**contact_properties(contact, mapping), "email": email},
+                )
+            )
+        if claimed:
+            session.execute(
+                update(Contact)
+                .where(Contact.id.in_([c.contact_id for c in claimed]))
+                .values(crm_claimed_until=now + LEASE)
+            )
+        return claimed
 
 
 def flush_pending(
@@ -91,115 +177,342 @@ def flush_pending(
     if crm is None:
         with session_factory() as session:
             return FlushReport(held=pending_count(session))
+    stopped = _stopped(session_factory, crm, now)
+    if stopped:
+        with session_factory() as session:
+            return FlushReport(held=pending_count(session), error=stopped)
 
-    versions, inputs = _claim(session_factory, mapping, limit or settings.crm_batch_size, now)
-    report = FlushReport(claimed=len(versions))
-    if not versions:
+    claimed = _claim(session_factory, mapping, min(limit or settings.crm_batch_size, MAX_BATCH), now)
+    report = FlushReport(claimed=len(claimed))
+    if not claimed:
         return report
 
+    calls, rate_limited = crm.stats.calls, crm.stats.rate_limited
+    progress = _Progress()
+    failure: CrmError | None = None
     try:
-        outcome = _upsert_with_bootstrap(crm, mapping, inputs)
-    except CrmRejected as error:
-        # Every input carries a trace id, so a whole-batch 400 is not about one input's data
-        # (e.g. a malformed batch); record it on every contact and let them wait for a change.
-        outcome = UpsertOutcome(errors={str(cid): _as_input_error(error) for cid in versions})
+        _sync(crm, mapping, claimed, progress)
     except CrmError as error:
-        retry_in = error.retry_after if isinstance(error, CrmRateLimited) else 30.0
-        _release(session_factory, list(versions), now + timedelta(seconds=retry_in), str(error))
-        if isinstance(error, CrmAuthError):
-            _set_auth_state(session_factory, ok=False, detail=str(error))
-            log.error("HubSpot refused the token; CRM sync is stopped until it is fixed: %s", error)
-        else:
-            log.warning("HubSpot sync deferred %.0fs: %s", retry_in, error)
-        report.deferred, report.error = len(versions), str(error)
-        return report
-
-    _set_auth_state(session_factory, ok=True, detail=None)
-    report.synced, report.rejected = _record(session_factory, versions, contacts_by_email(inputs), outcome)
+        failure = error
+    report.calls = crm.stats.calls - calls
+    report.rate_limited = crm.stats.rate_limited - rate_limited
+    report.synced, report.rejected, report.deferred = _record(session_factory, claimed, progress, failure, now)
+    _after(session_factory, crm, failure, now)
+    if failure is not None:
+        report.error = str(failure)
     return report
 
 
-def contacts_by_email(inputs: list[UpsertInput]) -> dict[str, int]:
-    return {item.email.lower(): int(item.trace_id) for item in inputs}
+def _sync(crm: HubSpotCrm, mapping: Mapping, claimed: list[Claimed], progress: _Progress) -> None:
+    """Updates by id first, then upserts by email (including records HubSpot no longer has)."""
+    to_update = [c for c in claimed if c.hubspot_id]
+    upserts = [c for c in claimed if not c.hubspot_id]
+    if to_update:
+        inputs = [WriteInput(c.hubspot_id or "", c.by_id, c.trace_id) for c in to_update]
+        outcome = write_batch(crm, mapping, crm.update_by_id, inputs)
+        _absorb(progress, outcome)
+        for contact in to_update:
+            error = progress.errors.get(contact.contact_id)
+            if error is not None and error.code == NOT_FOUND:
+                log.info(
+                    "HubSpot record %s of contact %s is gone; upserting by email", contact.hubspot_id, contact.trace_id
+                )
+                del progress.errors[contact.contact_id]
+                progress.stale.add(contact.contact_id)
+                upserts.append(contact)
+    if upserts:
+        inputs = [WriteInput(c.email, c.by_email, c.trace_id) for c in upserts]
+        _absorb(progress, write_batch(crm, mapping, crm.upsert_by_email, inputs))
 
 
-def _as_input_error(error: CrmRejected) -> InputError:
-    first = error.errors[0] if error.errors else {}
-    return InputError(str(first.get("code") or first.get("category") or "VALIDATION_ERROR"), str(error))
+def _absorb(progress: _Progress, outcome: WriteOutcome) -> None:
+    for trace_id, record_id in outcome.ids.items():
+        progress.ids[int(trace_id)] = record_id
+        progress.errors.pop(int(trace_id), None)
+    for trace_id, error in outcome.errors.items():
+        progress.errors[int(trace_id)] = error
 
 
-def _upsert_with_bootstrap(crm: HubSpotCrm, mapping: Mapping, inputs: list[UpsertInput]) -> UpsertOutcome:
-    """Upsert; when HubSpot says a mapped property does not exist, create the properties and retry once."""
-    outcome = crm.upsert_by_email(inputs)
-    if any(error.code == "PROPERTY_DOESNT_EXIST" for error in outcome.errors.values()):
-        created = crm.bootstrap(mapping)
-        log.warning("created missing HubSpot properties: %s", ", ".join(created) or "none")
-        retry = [item for item in inputs if item.trace_id in outcome.errors]
-        second = crm.upsert_by_email(retry)
-        outcome.ids.update(second.ids)
-        outcome.errors = second.errors
+def write_batch(
+    crm: HubSpotCrm, mapping: Mapping, send: Callable[[Sequence[WriteInput]], WriteOutcome], inputs: list[WriteInput]
+) -> WriteOutcome:
+    """One batch call (`send` is the client's upsert or update), every failure of an input settled:
+    bad inputs isolated, missing properties created and those inputs sent once more."""
+    outcome = _isolating(send, inputs, budget=[_split_budget(len(inputs))])
+    missing = [item for item in inputs if getattr(outcome.errors.get(item.trace_id), "code", None) == MISSING_PROPERTY]
+    if missing:
+        try:
+            created = crm.bootstrap(mapping)
+        except CrmRejected as error:  # the mapping asks for a property HubSpot will not create: say so, once
+            log.error("HubSpot refused to create the mapped properties: %s", error)
+            reason = InputError(MISSING_PROPERTY, f"{outcome.errors[missing[0].trace_id].message}; bootstrap: {error}")
+            outcome.errors.update({item.trace_id: reason for item in missing})
+            return outcome
+        log.warning("created missing HubSpot properties: %s", ", ".join(created) or "none (already there)")
+        outcome.merge(_isolating(send, missing, budget=[_split_budget(len(missing))]))
     return outcome
+
+
+def _split_budget(size: int) -> int:
+    """Calls allowed to isolate bad inputs: enough to find two among 100 by halving, not a storm."""
+    return 2 * math.ceil(math.log2(max(size, 2))) + 2
+
+
+def _isolating(
+    send: Callable[[Sequence[WriteInput]], WriteOutcome], inputs: Sequence[WriteInput], budget: list[int]
+) -> WriteOutcome:
+    """Send; when HubSpot refuses the whole batch, hold back named duplicates or split until the bad input
+    stands alone, so one bad input never holds back the others."""
+    budget[0] -= 1
+    try:
+        return send(inputs)
+    except CrmRejected as error:
+        if len(inputs) == 1 or budget[0] <= 0:
+            reason = InputError(error.code, str(error))
+            return WriteOutcome(errors={item.trace_id: reason for item in inputs})
+        duplicates = _named_duplicates(error, inputs)
+        if duplicates:  # they wait for the next flush (no error recorded: nothing is wrong with them)
+            log.warning("HubSpot saw two inputs for one record (%s); holding one back", ", ".join(sorted(duplicates)))
+            rest = [item for item in inputs if item.trace_id not in duplicates]
+            return _isolating(send, rest, budget) if rest else WriteOutcome()
+        half = len(inputs) // 2
+        outcome = _isolating(send, inputs[:half], budget)
+        outcome.merge(_isolating(send, inputs[half:], budget))
+        return outcome
+
+
+def _named_duplicates(error: CrmRejected, inputs: Sequence[WriteInput]) -> set[str]:
+    """Trace ids of the later inputs whose key HubSpot names as a duplicate."""
+    if error.code != DUPLICATE and "Duplicate" not in str(error):
+        return set()
+    match = re.search(r"\[([^\]]*)\]", str(error))
+    named = {part.strip().lower() for part in (match.group(1) if match else "").split(",") if part.strip()}
+    seen: set[str] = set()
+    held: set[str] = set()
+    for item in inputs:
+        key = item.key.lower()
+        if key in named and key in seen:
+            held.add(item.trace_id)
+        seen.add(key)
+    return held
 
 
 def _record(
     session_factory: Callable[[], Session],
-    versions: dict[int, int],
-    by_email: dict[str, int],
-    outcome: UpsertOutcome,
-) -> tuple[int, int]:
-    now = utcnow()
-    synced = rejected = 0
-    with session_factory() as session, session.begin():
-        for email, hubspot_id in outcome.ids.items():
-            cid = by_email.get(email)
-            if cid is None:
-                continue
-            synced += _finish(session, cid, versions[cid], CrmStatus.SYNCED, now, hubspot_id=hubspot_id)
-        for trace_id, error in outcome.errors.items():
-            cid = int(trace_id)
-            rejected += _finish(
-                session, cid, versions[cid], CrmStatus.REJECTED, now, error=f"{error.code}: {error.message}"
-            )
-        leftover = set(versions) - {by_email.get(e) for e in outcome.ids} - {int(t) for t in outcome.errors}
-        if leftover:  # HubSpot answered without a word on these; try them again later
-            session.execute(update(Contact).where(Contact.id.in_(leftover)).values(crm_claimed_until=None))
-    return synced, rejected
-
-
-def _finish(
-    session: Session,
-    cid: int,
-    version: int,
-    status: str,
+    claimed: list[Claimed],
+    progress: _Progress,
+    failure: CrmError | None,
     now: datetime,
-    hubspot_id: str | None = None,
-    error: str | None = None,
-) -> int:
-    values: dict[str, object] = {"crm_claimed_until": None, "crm_synced_version": version, "crm_error": error}
-    if hubspot_id is not None:
-        values.update(hubspot_id=hubspot_id, crm_synced_at=now)
+) -> tuple[int, int, int]:
+    """Store ids and rejections, give the rest back; returns (synced, rejected, deferred)."""
+    synced, rejected, leftover = [], [], []
+    for contact in claimed:
+        if contact.contact_id in progress.ids:
+            synced.append(contact)
+        elif contact.contact_id in progress.errors:
+            rejected.append(contact)
+        else:
+            leftover.append(contact)
     # Only the version we sent is settled; a newer change keeps the contact pending.
-    session.execute(update(Contact).where(Contact.id == cid).values(**values))
-    result = session.execute(
-        update(Contact).where(Contact.id == cid, Contact.crm_version == version).values(crm_status=status)
-    )
-    return result.rowcount
-
-
-def _release(session_factory: Callable[[], Session], ids: list[int], until: datetime, error: str) -> None:
-    with session_factory() as session, session.begin():
-        session.execute(
-            update(Contact)
-            .where(Contact.id.in_(ids))
-            .values(crm_claimed_until=until, crm_attempts=Contact.crm_attempts + 1, crm_error=error)
+    values = {
+        "crm_claimed_until": None,
+        "crm_synced_version": bindparam("p_version"),
+        "crm_status": case(
+            (Contact.crm_version == bindparam("p_version"), bindparam("p_status")), else_=Contact.crm_status
+        ),
+        "crm_error": bindparam("p_error"),
+        "crm_attempts": 0,
+        "hubspot_id": bindparam("p_hubspot_id"),
+        "hubspot_stage": bindparam("p_stage"),
+    }
+    settle = update(Contact).where(Contact.id == bindparam("p_id"))
+    synced_rows = [
+        {
+            "p_id": c.contact_id,
+            "p_version": c.version,
+            "p_status": CrmStatus.SYNCED,
+            "p_error": None,
+            "p_hubspot_id": progress.ids[c.contact_id],
+            "p_stage": c.stage,
+            "p_at": now,
+        }
+        for c in synced
+    ]
+    rejected_rows = []
+    for c in rejected:
+        error = progress.errors[c.contact_id]
+        stale = c.contact_id in progress.stale
+        rejected_rows.append(
+            {
+                "p_id": c.contact_id,
+                "p_version": c.version,
+                "p_status": CrmStatus.REJECTED,
+                "p_error": f"{error.code}: {error.message}"[:2000],
+                "p_hubspot_id": None if stale else c.hubspot_id,
+                "p_stage": None if stale else c.written_stage,
+            }
         )
-
-
-def _set_auth_state(session_factory: Callable[[], Session], ok: bool, detail: str | None) -> None:
     with session_factory() as session, session.begin():
-        state = session.get(ServiceState, AUTH_STATE)
-        value = {"ok": ok, "detail": detail, "at": utcnow().isoformat()}
-        if state is None:
-            session.add(ServiceState(key=AUTH_STATE, value=value))
-        elif state.value.get("ok") != ok or not ok:
-            state.value = value
+        connection = session.connection()
+        if synced_rows:
+            connection.execute(settle.values(**values, crm_synced_at=bindparam("p_at")), synced_rows)
+        if rejected_rows:
+            connection.execute(settle.values(**values), rejected_rows)
+            for row in rejected_rows:  # for a human: `leadsync failed list`, retry once the data is fixed
+                dead_letters.record(session, "crm", str(row["p_id"]), "leadsync.flush_crm", str(row["p_error"]))
+        if leftover:
+            values: dict[str, object] = {"crm_claimed_until": None}
+            if failure is not None:
+                values.update(crm_attempts=Contact.crm_attempts + 1, crm_error=str(failure)[:2000])
+            session.execute(update(Contact).where(Contact.id.in_([c.contact_id for c in leftover])).values(**values))
+        gone = [c.contact_id for c in leftover if c.contact_id in progress.stale]
+        if gone:
+            session.execute(update(Contact).where(Contact.id.in_(gone)).values(hubspot_id=None, hubspot_stage=None))
+    return len(synced), len(rejected), len(leftover)
+
+
+# ---------------------------------------------------------------------- service state: stop, pause, budget
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def _stopped(session_factory: Callable[[], Session], crm: HubSpotCrm, now: datetime) -> str | None:
+    """Why this flush must not call HubSpot now, or None."""
+    with session_factory() as session:
+        auth = session.get(ServiceState, AUTH_STATE)
+        pause = session.get(ServiceState, PAUSE_STATE)
+        auth_value = dict(auth.value) if auth is not None else {}
+        pause_value = dict(pause.value) if pause is not None else {}
+    if auth_value and not auth_value.get("ok") and auth_value.get("token") == crm.fingerprint:
+        retry_at = auth_value.get("retry_at")
+        if retry_at and now < datetime.fromisoformat(retry_at):
+            return f"CRM sync stopped: HubSpot refuses the token ({auth_value.get('detail')}); next try {retry_at}"
+    until = pause_value.get("until")
+    if until and now < datetime.fromisoformat(until):
+        return f"CRM sync paused until {until}: {pause_value.get('detail')}"
+    return None
+
+
+def _after(session_factory: Callable[[], Session], crm: HubSpotCrm, failure: CrmError | None, now: datetime) -> None:
+    """Update the shared state after a flush: auth stop, outage pause, budget."""
+    with session_factory() as session, session.begin():
+        auth = session.get(ServiceState, AUTH_STATE)
+        pause = session.get(ServiceState, PAUSE_STATE)
+        if isinstance(failure, CrmAuthError):
+            log.error(
+                "HubSpot refused the token; CRM sync is STOPPED (contacts stay pending) until it is fixed: %s. "
+                "Check with `leadsync hubspot check`.",
+                failure,
+            )
+            _put(
+                session,
+                auth,
+                AUTH_STATE,
+                ok=False,
+                detail=str(failure),
+                at=_iso(now),
+                token=crm.fingerprint,
+                retry_at=_iso(now + AUTH_RETRY),
+            )
+        elif failure is None or isinstance(failure, CrmRejected):
+            if auth is None or not auth.value.get("ok"):
+                _put(session, auth, AUTH_STATE, ok=True, detail=None, at=_iso(now), token=crm.fingerprint)
+            if pause is not None and pause.value.get("failures"):
+                _put(session, pause, PAUSE_STATE, until=None, failures=0, detail=None)
+        elif isinstance(failure, CrmTemporaryError):
+            failures = int((pause.value if pause is not None else {}).get("failures") or 0) + 1
+            ceiling = min(PAUSE_CAP, PAUSE_BASE * 2 ** (failures - 1))
+            wait = ceiling / 2 + random.uniform(0, ceiling / 2)
+            log.warning("HubSpot unavailable (%s); all flushers pause %.0fs (failure %d)", failure, wait, failures)
+            _put(
+                session,
+                pause,
+                PAUSE_STATE,
+                until=_iso(now + timedelta(seconds=wait)),
+                failures=failures,
+                detail=str(failure),
+            )
+        elif isinstance(failure, CrmRateLimited) and failure.retry_after > LONG_RATE_WAIT:
+            log.error("HubSpot rate limit %s: pausing %.0fs", failure.policy or "", failure.retry_after)
+            _put(
+                session,
+                pause,
+                PAUSE_STATE,
+                until=_iso(now + timedelta(seconds=failure.retry_after)),
+                failures=0,
+                detail=str(failure),
+            )
+        _record_budget(session, crm, now)
+
+
+def _put(session: Session, row: ServiceState | None, key: str, **value: object) -> None:
+    if row is None:
+        session.add(ServiceState(key=key, value=value))
+    else:
+        row.value = value
+
+
+def _record_budget(session: Session, crm: HubSpotCrm, now: datetime) -> None:
+    """Merge this process's view of the HubSpot budget into the shared `hubspot_rate` state."""
+    snapshot, new_429s = crm.take_stats()
+    row = session.get(ServiceState, RATE_STATE)
+    value = dict(row.value) if row is not None else {}
+    today = now.date().isoformat()
+    if value.get("day") != today:
+        value.update(day=today, rate_limited_today=0)
+    value["rate_limited_today"] = int(value.get("rate_limited_today") or 0) + new_429s
+    for name in ("daily_limit", "daily_remaining", "window_max", "window_remaining"):
+        if snapshot.get(name) is not None:
+            value[name] = snapshot[name]
+    if snapshot.get("last_429_at") and snapshot["last_429_at"] > str(value.get("last_429_at") or ""):
+        value.update(last_429_at=snapshot["last_429_at"], last_429_policy=snapshot["last_429_policy"])
+    value["rate_limit"] = crm.limiter.limit
+    value["at"] = _iso(now)
+    _put(session, row, RATE_STATE, **value)
+
+
+def resume(session_factory: Callable[[], Session]) -> None:
+    """Lift an auth stop or an outage pause (after `leadsync hubspot check` succeeded)."""
+    with session_factory() as session, session.begin():
+        for key in (AUTH_STATE, PAUSE_STATE):
+            row = session.get(ServiceState, key)
+            if row is not None:
+                session.delete(row)
+
+
+def hubspot_status(session: Session, now: datetime) -> tuple[dict[str, object], list[str], list[str]]:
+    """For `leadsync status`: the daily budget, the last 429, a stop or pause; with reasons and notes."""
+    rows = {key: session.get(ServiceState, key) for key in (RATE_STATE, PAUSE_STATE, AUTH_STATE)}
+    rate = dict(rows[RATE_STATE].value) if rows[RATE_STATE] is not None else {}
+    pause = dict(rows[PAUSE_STATE].value) if rows[PAUSE_STATE] is not None else {}
+    picture: dict[str, object] = {
+        key: rate.get(key)
+        for key in ("daily_limit", "daily_remaining", "last_429_at", "last_429_policy", "rate_limit", "window_max")
+    }
+    picture["rate_limited_today"] = (
+        rate.get("rate_limited_today", 0) if rate.get("day") == now.date().isoformat() else 0
+    )
+    picture["daily_used"] = (
+        rate["daily_limit"] - rate["daily_remaining"]
+        if rate.get("daily_limit") is not None and rate.get("daily_remaining") is not None
+        else None
+    )
+    reasons: list[str] = []
+    notes: list[str] = []
+    until = pause.get("until")
+    picture["paused_until"] = until if until and now < datetime.fromisoformat(until) else None
+    if picture["paused_until"]:
+        reasons.append(f"HubSpot sync paused until {until}: {pause.get('detail')}")
+    if rate:
+        budget = (
+            f"{picture['daily_used']:,} of {rate['daily_limit']:,} calls used today"
+            if picture["daily_used"] is not None
+            else "daily budget not reported yet"
+        )
+        last = f"{rate.get('last_429_policy')} at {rate.get('last_429_at')}" if rate.get("last_429_at") else "never"
+        notes.append(f"HubSpot: {budget}; 429s today {picture['rate_limited_today']}; last 429 {last}")
+        if rate.get("window_max") and rate["window_max"] < int(rate.get("rate_limit") or 0):
+            notes.append(f"HUBSPOT_RATE_LIMIT is {rate['rate_limit']} but HubSpot allows {rate['window_max']}")
+    return picture, reasons, notes
