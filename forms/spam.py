@@ -1,0 +1,132 @@
+"""Deciding whether a valid post is spam, the same way for every form and every body encoding.
+
+A spam post is stored (status 'spam' with a `spam_reason`, for operations to count) and answered exactly like
+a success, so the bot learns nothing; it is never enqueued, so it gets no email and no CRM record. The rules,
+first match wins:
+
+- `honeypot`: the hidden `website` field is filled;
+- `token_too_fast` / `token_expired` / `token_bad`: the render-time token (forms/tokens.py) is not `ok`;
+- `ip_rate`: the client address posted more than RATE_LIMIT_PER_IP (IPv6 counted per /64, what one host
+  usually gets);
+- `email_rate`: the address was submitted more than RATE_LIMIT_PER_EMAIL, whoever sent it (the
+  list-bombing defence: a stranger's address posted again and again).
+
+Disposable addresses are not spam but a field error (`refused_email`): a person using one can fix it.
+
+Counters live in Redis (RATE_LIMIT_STORAGE_URL, else the broker when it is Redis), shared by every web
+process; on the embedded default they live in process memory, so each `leadsync web` process counts on its
+own (documented in the README). If Redis does not answer, the post is let through and a warning logged:
+a lead is never lost because a counter is down.
+
+Example:
+    >>> guard = SpamGuard(settings)
+    >>> guard.decide(parsed, "ann@example.org", ip="203.0.113.9")    # None: not spam
+    >>> guard.decide(parsed_with_honeypot, "ann@example.org", ip="203.0.113.9")
+    'honeypot'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import time
+
+import disposable_email_domains
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.strategies import MovingWindowRateLimiter
+from redis.exceptions import RedisError
+
+from leadsync.config import Settings
+from leadsync.forms.schemas import MetaFields
+from leadsync.forms.tokens import check
+
+log = logging.getLogger(__name__)
+DISPOSABLE_MESSAGE = "Please use a permanent email address: we cannot send to disposable inboxes."
+_STORAGE_ERRORS = (StorageError, RedisError, OSError)
+
+
+def is_disposable(email: str) -> bool:
+    """The domain or any parent of it is on the maintained disposable-domains list."""
+    labels = email.rpartition("@")[2].lower().rstrip(".").split(".")
+    return any(".".join(labels[i:]) in disposable_email_domains.blocklist for i in range(len(labels) - 1))
+
+
+def refused_email(email: str, settings: Settings) -> dict[str, str]:
+    """Field errors for an address we will not take (a disposable inbox), else {}."""
+    if settings.block_disposable_emails and is_disposable(email):
+        return {"email": DISPOSABLE_MESSAGE}
+    return {}
+
+
+def client_key(ip: str | None) -> str:
+    """The rate-limit key of a client address: IPv4 as is, IPv6 by its /64 network."""
+    if not ip:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _storage(settings: Settings) -> Storage:
+    url = settings.rate_limit_storage_url or settings.celery_broker_url
+    if url.startswith(("redis://", "rediss://")):
+        # Short timeouts: the counter sits on the request path, and a slow Redis must not hold posts.
+        return RedisStorage(url, wrap_exceptions=True, key_prefix="leadsync-forms", socket_timeout=0.5)
+    return MemoryStorage()
+
+
+class SpamGuard:
+    """The spam rules of one web process, with its rate-limit counters."""
+
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.settings = settings
+        self.per_ip: RateLimitItem | None = parse(settings.rate_limit_per_ip) if settings.rate_limit_per_ip else None
+        self.per_email: RateLimitItem | None = (
+            parse(settings.rate_limit_per_email) if settings.rate_limit_per_email else None
+        )
+        self.storage = storage or _storage(settings)
+        self._limiter = MovingWindowRateLimiter(self.storage)
+        self._warned_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"SpamGuard(ip={self.per_ip}, email={self.per_email}, {type(self.storage).__name__})"
+
+    def decide(self, parsed: MetaFields, email: str, ip: str | None) -> str | None:
+        """The spam reason for a valid post, or None. Every post counts against its IP; only posts that are
+        not already spam count against the address (a bot's honeypot posts must not lock its victim out)."""
+        reason: str | None = "honeypot" if parsed.website else None
+        if reason is None and parsed.ts_token:
+            verdict = check(
+                parsed.ts_token,
+                self.settings.form_token_key,
+                self.settings.form_min_fill_seconds,
+                self.settings.form_token_max_age_seconds,
+            )
+            reason = None if verdict == "ok" else f"token_{verdict}"
+        if not self._hit(self.per_ip, "ip", client_key(ip)):
+            reason = reason or "ip_rate"
+        email_key = hashlib.sha256(email.encode()).hexdigest()[:32]  # no address in Redis keys
+        if reason is None and not self._hit(self.per_email, "email", email_key):
+            reason = "email_rate"
+        if reason is not None:
+            log.info("spam post stored: %s", reason)
+        return reason
+
+    def _hit(self, item: RateLimitItem | None, scope: str, key: str) -> bool:
+        """True while under the limit (or no limit, or the counters are away)."""
+        if item is None:
+            return True
+        try:
+            return self._limiter.hit(item, scope, key)
+        except _STORAGE_ERRORS as error:
+            if time.monotonic() - self._warned_at > 60:  # once a minute, not once a post
+                self._warned_at = time.monotonic()
+                log.warning("rate-limit storage unavailable, posts are not counted: %s", type(error).__name__)
+            return True
