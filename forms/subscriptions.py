@@ -1,0 +1,67 @@
+"""Newsletter links from emails: confirm (double opt-in) and unsubscribe (RFC 8058 one-click).
+
+GET only shows a page with a button: mail scanners that prefetch links must not confirm or unsubscribe
+anyone. The change happens on POST, which is also what mail clients' one-click unsubscribe sends
+(`List-Unsubscribe=One-Click` in the body, the token in the URL).
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from leadsync.config import Settings
+from leadsync.forms.pages import render
+from leadsync.signing import BadToken, Claims, verify
+from leadsync.storage.contacts import set_newsletter_status
+from leadsync.storage.db import session_scope
+from leadsync.storage.models import utcnow
+
+ACTIONS = {
+    "confirm": ("subscribed", "Confirm my subscription", "You have Successfully Subscribed!"),
+    "unsubscribe": ("unsubscribed", "Unsubscribe me", "You are unsubscribed. You will get no more newsletters."),
+}
+
+
+def _claims(request: Request, purpose: str, token: str | None) -> Claims | None:
+    settings: Settings = request.app.state.settings
+    try:
+        return verify(token or "", settings.signing_key, purpose)
+    except BadToken:
+        return None
+
+
+def _invalid() -> HTMLResponse:
+    message = "This link is not valid any more. Please sign up again from our website."
+    return render("link.html", 400, title="Link not valid", message=message, action=None, token=None)
+
+
+async def show(request: Request) -> Response:
+    """The page behind the link: one button, nothing changes yet."""
+    purpose = request.path_params["action"]
+    token = request.query_params.get("token")
+    if purpose not in ACTIONS or _claims(request, purpose, token) is None:
+        return _invalid()
+    _, button, _ = ACTIONS[purpose]
+    return render("link.html", title=button, message=None, action=purpose, token=token, button=button)
+
+
+async def apply(request: Request) -> Response:
+    """The click (or a mail client's one-click POST): change the subscription, answer a short page."""
+    purpose = request.path_params["action"]
+    token = request.query_params.get("token")
+    if token is None and "form" in request.headers.get("content-type", ""):
+        token = str((await request.form()).get("token") or "") or None
+    claims = _claims(request, purpose, token) if purpose in ACTIONS else None
+    if claims is None:
+        return _invalid()
+    status, _, done = ACTIONS[purpose]
+
+    def change() -> bool:
+        with session_scope() as session:
+            return set_newsletter_status(session, claims, status, utcnow()) is not None
+
+    if not await run_in_threadpool(change):
+        return _invalid()
+    return render("link.html", title=done, message=done, action=None, token=None)
