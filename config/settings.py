@@ -12,10 +12,12 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     # HubSpot. No token: contacts wait as "pending CRM sync".
     hubspot_access_token: SecretStr | None = None
     hubspot_base_url: str = "https://api.hubapi.com"
+    # Shared by every worker: a moving window in Redis when the broker is Redis, else in a file under
+    # var_dir (worker/crm/ratelimit.py). 100 on Free/Starter, 190 Professional/Enterprise, 250 with the increase.
     hubspot_rate_limit: int = Field(100, ge=1, description="HubSpot requests allowed per 10 seconds")
     hubspot_timeout: float = Field(10.0, gt=0, description="seconds for one HubSpot call")
     hubspot_portal_id: str | None = None  # only to build record links for sales
@@ -58,6 +62,9 @@ class Settings(BaseSettings):
     email_give_up_after_seconds: float = Field(
         172_800.0, gt=0, description="temporary failures are retried this long (2 days, as mail servers do)"
     )
+    optin_resend_window_hours: float = Field(
+        24.0, ge=0, description="repeat sign-ups inside it send no new confirmation email (no list-bombing)"
+    )
     packet_resend_window_days: float = Field(30.0, ge=0, description="a repeat request inside it sends nothing")
 
     # HTTP edge.
@@ -72,6 +79,17 @@ class Settings(BaseSettings):
     form_token_secret: SecretStr | None = None
     form_min_fill_seconds: float = Field(2.0, ge=0, description="a token younger than this makes a post spam")
     form_token_max_age_seconds: float = Field(86400.0, gt=0, description="an older token makes a post spam")
+    # Abuse limits (forms/spam.py), in `limits` notation ("20 per 10 minutes"); empty = off. Over a limit a
+    # post is stored as spam and answered as a success. Counted in Redis when RATE_LIMIT_STORAGE_URL or the
+    # broker is Redis, else in process memory (the embedded default: each web process counts alone).
+    rate_limit_per_ip: str = "20 per 10 minutes"
+    rate_limit_per_email: str = "5 per hour"
+    rate_limit_storage_url: str = ""  # "redis://...", "memory://"; default: the Redis broker, else memory
+    block_disposable_emails: bool = True
+    phone_default_region: str = Field("US", min_length=2, max_length=2, description="for numbers without +")
+    email_daily_cap_per_recipient: int = Field(3, ge=1, description="emails of any kind to one address a day")
+
+    raw_retention_days: float = Field(365.0, gt=0, description="raw submissions older than this are purged")
 
     # Scheduling.
     sweep_interval_seconds: float = 15.0
@@ -80,6 +98,10 @@ class Settings(BaseSettings):
     crm_batch_size: int = Field(100, ge=1, le=100)
 
     log_level: str = "INFO"
+    # JSON lines for log collectors; `console` for people (`leadsync dev` sets it).
+    log_format: Literal["json", "console"] = "json"
+    # A worker serves its task counters on this port (GET /metrics); unset = not served.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -87,6 +109,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("rate_limit_per_ip", "rate_limit_per_email")
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse  # refuse a typo at start-up, not on the first post
+
+            parse(value)
+        return value.strip()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Like pydantic's, but passwords inside DATABASE_URL / BROKER_URL are masked too."""
+        for name, value in super().__repr_args__():
+            yield name, _mask_url_password(value) if isinstance(value, str) and "://" in value else value
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -108,8 +144,18 @@ class Settings(BaseSettings):
         return hashlib.sha256(f"leadsync form token|{self.sqlalchemy_url}".encode()).digest()
 
     @property
+    def signing_key(self) -> bytes:
+        """Signs the links in emails (confirm, unsubscribe); each purpose is signed apart (leadsync/signing.py)."""
+        return self.form_token_key
+
+    @property
     def hubspot_enabled(self) -> bool:
         return bool(self.hubspot_access_token and self.hubspot_access_token.get_secret_value())
+
+
+def _mask_url_password(url: str) -> str:
+    """`scheme://user:secret@host` -> `scheme://user:***@host`, so a repr or log line never shows it."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 @lru_cache(maxsize=1)

@@ -6,21 +6,27 @@ Example:
 
 from __future__ import annotations
 
+import uuid
 from importlib.resources import files
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from leadsync import logs, metrics
 from leadsync.config import Settings, get_settings
+from leadsync.forms import subscriptions
 from leadsync.forms.health import healthz, readyz
 from leadsync.forms.openapi import openapi_document
 from leadsync.forms.pages import demo, thank_you
+from leadsync.forms.security import SecurityHeadersMiddleware
+from leadsync.forms.spam import SpamGuard
 from leadsync.forms.submit import submit
 from leadsync.forms.tokens import token_endpoint
 
@@ -31,6 +37,35 @@ SNIPPET_VERSION = "v1"
 
 async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(request.app.state.openapi)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus: the state gauges, computed now from the database and the broker (leadsync/metrics.py)."""
+    settings: Settings = request.app.state.settings
+    if not metrics.authorized(request.headers.get("authorization"), settings):
+        return PlainTextResponse("OPS_TOKEN required", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    body, content_type = await run_in_threadpool(metrics.render, request.app.state.metrics)
+    return Response(body, media_type=content_type)
+
+
+class LogContext:
+    """Every log line of one request carries its request id (X-Request-ID if the proxy sent one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        logs.clear()
+        logs.bind(request_id=request_id)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            logs.clear()
 
 
 class SnippetFiles(StaticFiles):
@@ -51,22 +86,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/thank-you", thank_you, methods=["GET"]),
+        Route("/newsletter/{action:str}", subscriptions.show, methods=["GET"]),
+        Route("/newsletter/{action:str}", subscriptions.apply, methods=["POST"]),
     ]
     static = files("leadsync.forms") / "static" / SNIPPET_VERSION
     routes.append(Mount(f"/static/{SNIPPET_VERSION}", SnippetFiles(directory=str(static)), name="static"))
     if settings.dev_mode:
         routes.append(Route("/", demo, methods=["GET"]))
     middleware = [
+        # Around CORS, so its preflight answers carry the headers too.
+        Middleware(SecurityHeadersMiddleware, hsts=settings.public_base_url.startswith("https://")),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.allowed_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Idempotency-Key"],
             max_age=600,
-        )
+        ),
     ]
     app = Starlette(routes=routes, middleware=middleware)
     app.state.settings = settings
+    app.state.spam_guard = SpamGuard(settings)  # rate-limit counters live as long as the app
     app.state.openapi = openapi_document()
+    app.state.metrics = metrics.web_registry(settings)
     return app

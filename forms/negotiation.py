@@ -50,15 +50,15 @@ async def read_payload(request: Request, max_bytes: int) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
-            data = json.loads(body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(body or b"{}", parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise PayloadError(400, {"body": "The body is not valid JSON."}) from None
         if not isinstance(data, dict):
             raise PayloadError(422, {"body": "The body must be a JSON object of form fields."})
         return data
     if content_type in ("application/x-www-form-urlencoded", ""):
         try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100, errors="strict")
         except (ValueError, UnicodeDecodeError):
             raise PayloadError(400, {"body": "The form data could not be read."}) from None
         return _first_values(pairs)
@@ -70,6 +70,11 @@ async def read_payload(request: Request, max_bytes: int) -> dict[str, Any]:
             raise PayloadError(400, {"body": "The form data could not be read."}) from None
         return _first_values((k, v) for k, v in form.multi_items() if not isinstance(v, UploadFile))
     raise PayloadError(415, {"body": "Send the form as JSON, urlencoded or multipart form data."})
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python accepts them; PostgreSQL's json type does not)."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _first_values(pairs: Any) -> dict[str, Any]:

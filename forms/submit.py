@@ -1,4 +1,4 @@
-"""The form endpoints: validate, store durably, enqueue, answer. Nothing else runs in the request.
+"""The form endpoints: validate, decide spam, store durably, enqueue, answer. Nothing else runs in the request.
 
 Example (JSON):
     POST /forms/info-packet  {"email": "ann@example.org", "first_name": "Ann"}
@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,11 +22,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from leadsync import logs
 from leadsync.config import Settings
 from leadsync.forms.negotiation import PayloadError, read_payload, wants_html
 from leadsync.forms.pages import render_errors
 from leadsync.forms.schemas import FORM_KEYS, MESSAGES, MetaFields, validate
-from leadsync.forms.tokens import looks_like_spam
+from leadsync.forms.spam import SpamGuard, refused_email
 from leadsync.storage.db import get_sessionmaker
 from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_submission
 from leadsync.worker.signatures import enqueue_submission
@@ -44,15 +47,19 @@ async def submit(request: Request) -> Response:
     except PayloadError as error:
         return _errors(error.status, error.errors, html, form)
 
-    parsed, errors = validate(form, payload)
+    parsed, errors = validate(form, payload, settings.phone_default_region)
+    if parsed is not None:
+        errors.update(refused_email(getattr(parsed, "email", ""), settings))
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         errors["Idempotency-Key"] = "Must be 1 to 255 printable characters."
     if errors or parsed is None:
         return _errors(422, errors, html, form)
 
-    bad_token = looks_like_spam(parsed.ts_token, settings)  # a bad render-time token counts as the honeypot
-    new = _new_submission(request, form, parsed, payload, key, bad_token)
+    new = _new_submission(request, form, parsed, payload, key)
+    # The same rules for every form and encoding; spam is stored and answered like a success (forms/spam.py).
+    reason = await run_in_threadpool(_guard(request).decide, parsed, new.email, new.ip)
+    new = replace(new, spam_reason=reason)
     try:
         outcome = await run_in_threadpool(_store, new)
     except SQLAlchemyError:
@@ -60,9 +67,24 @@ async def submit(request: Request) -> Response:
         return _unavailable(html)
     if outcome.key_conflict:
         return _errors(422, {"Idempotency-Key": "This key was already used for a different submission."}, html, form)
-    if outcome.created and not new.spam:
+    logs.bind(submission_id=outcome.submission.id)  # on every line from here, and into the tasks it enqueues
+    log.info(
+        "submission %s: form=%s spam=%s",
+        "stored" if outcome.created else "replayed (same Idempotency-Key)",
+        new.form,
+        new.spam_reason or "no",
+    )
+    if outcome.created and not new.spam_reason:
         await run_in_threadpool(enqueue_submission, outcome.submission.id)
     return _accepted(form, outcome.submission.id, html, settings)
+
+
+def _guard(request: Request) -> SpamGuard:
+    """The app's SpamGuard (its counters live as long as the app)."""
+    guard = getattr(request.app.state, "spam_guard", None)
+    if guard is None:
+        guard = request.app.state.spam_guard = SpamGuard(request.app.state.settings)
+    return guard
 
 
 def _store(new: NewSubmission) -> StoreOutcome:
@@ -70,22 +92,46 @@ def _store(new: NewSubmission) -> StoreOutcome:
         return store_submission(session, new)
 
 
-def _new_submission(
-    request: Request, form: str, parsed: MetaFields, payload: dict, key: str | None, bad_token: bool = False
-) -> NewSubmission:
+def _header_text(request: Request, name: str, max_length: int) -> str | None:
+    """A request header fit for a column: control characters dropped, cut to the column's length."""
+    value = "".join(char for char in request.headers.get(name, "") if char.isprintable())
+    return value[:max_length] or None
+
+
+def _referer(request: Request) -> str | None:
+    """The Referer as a fallback page URL, only when it is a web address that fits the column."""
+    value = _header_text(request, "referer", 4096)
+    if value and len(value) <= 2048 and value.lower().startswith(("http://", "https://")):
+        return value
+    return None
+
+
+def _raw_value(value: object) -> object:
+    """One payload value as received, safe for any JSON column (no NUL, no lone surrogate, no NaN)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    if isinstance(value, bool | int | None):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return str(value)[:200]
+
+
+def _new_submission(request: Request, form: str, parsed: MetaFields, payload: dict, key: str | None) -> NewSubmission:
     fields = parsed.model_dump(exclude={"website", "ts_token"}, exclude_none=True)
     email = fields.pop("email")
     request_hash = hashlib.sha256(json.dumps([form, email, fields], sort_keys=True).encode()).hexdigest()
     client = request.client.host if request.client else None
-    user_agent = (request.headers.get("user-agent") or "")[:512] or None
+    user_agent = _header_text(request, "user-agent", 512)
+    known = type(parsed).model_fields  # the payload as received, but only the form's own fields
     return NewSubmission(
         form=FORM_KEYS[form],
         email=email,
         fields=fields,
-        raw={k: v for k, v in payload.items() if isinstance(v, str | int | float | bool) or v is None},
+        raw={k: _raw_value(v) for k, v in payload.items() if k in known and not isinstance(v, dict | list)},
         ip=client,
         user_agent=user_agent,
-        page_url=parsed.page_url or request.headers.get("referer"),
+        page_url=parsed.page_url or _referer(request),
         utm=parsed.utm(),
         consent={
             "newsletter": form == "newsletter" or bool(fields.get("newsletter_opt_in")),
@@ -94,7 +140,6 @@ def _new_submission(
             "user_agent": user_agent,
             "page_url": parsed.page_url,
         },
-        spam=bool(parsed.website) or bad_token,  # the honeypot: kept for counting, never processed
         idempotency_key=key,
         request_hash=request_hash,
     )

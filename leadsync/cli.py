@@ -4,17 +4,24 @@ leadsync dev                 forms + worker + scheduler on one machine, no confi
 leadsync web / worker / beat the production processes
 leadsync db upgrade          migrations (SQLite and PostgreSQL alike)
 leadsync hubspot bootstrap   create the mapped HubSpot properties
+leadsync hubspot check       test the token, lift a stop or pause
+leadsync contacts list       the contacts as sales see them (export --csv for a spreadsheet)
 leadsync status [--json]     the state of queues, emails and CRM sync; exit 1 when degraded
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
-import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -22,15 +29,17 @@ from leadsync.config import get_settings
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=get_settings().log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """LOG_FORMAT (json | console) and LOG_LEVEL, through leadsync/logs.py: redacted, structured."""
+    from leadsync import logs
+
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level)
 
 
 @click.group()
 def main() -> None:
     """leadsync: website leads in, one packet email out, contacts synced to HubSpot."""
+    _configure_logging()
 
 
 @main.command()
@@ -40,6 +49,7 @@ def dev(host: str, port: int) -> None:
     """Run forms, worker and scheduler together on SQLite, no servers needed."""
     os.environ.setdefault("DEV_MODE", "1")
     os.environ.setdefault("PUBLIC_BASE_URL", f"http://{host}:{port}")
+    os.environ.setdefault("LOG_FORMAT", "console")  # people read these; the worker it starts inherits it
     get_settings.cache_clear()
     settings = get_settings()
     _configure_logging()
@@ -64,7 +74,16 @@ def dev(host: str, port: int) -> None:
     try:
         import uvicorn
 
-        uvicorn.run("leadsync.forms.app:create_app", factory=True, host=host, port=port, log_level="info")
+        from leadsync.logs import uvicorn_log_config
+
+        uvicorn.run(
+            "leadsync.forms.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=uvicorn_log_config(settings.log_format, settings.log_level),
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -81,8 +100,25 @@ def web(host: str, port: int, workers: int) -> None:
     """Serve the form endpoints."""
     import uvicorn
 
-    _configure_logging()
-    uvicorn.run("leadsync.forms.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    from leadsync.logs import uvicorn_log_config
+
+    settings = get_settings()
+    uvicorn.run(
+        "leadsync.forms.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        # uvicorn configures logging itself (in each of its worker processes): hand it ours.
+        log_config=uvicorn_log_config(settings.log_format, settings.log_level),
+    )
+
+
+def _celery_globals(app: Any) -> list[str]:
+    """Celery's own CLI reads BROKER_URL from the environment and would override our configured URL
+    (e.g. filesystem:// instead of leadsync's safe filesystem transport); hand it ours explicitly."""
+    return ["--broker", app.conf.broker_url]
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -90,15 +126,36 @@ def web(host: str, port: int, workers: int) -> None:
 @click.option("--queues", "-Q", default="intake,email,crm", show_default=True)
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, queues: str) -> None:
-    """Run a Celery worker; other options are passed to Celery (e.g. --beat, --loglevel)."""
+    """Run a Celery worker; other options are passed to Celery (e.g. --beat, --loglevel).
+
+    With METRICS_PORT set it serves its task counters at :METRICS_PORT/metrics (leadsync/metrics.py).
+    """
+    port = get_settings().metrics_port
+    if port:
+        _prepare_worker_metrics()
+    from leadsync import metrics
     from leadsync.worker.celery_app import app
+
+    if port:
+        metrics.serve_worker_metrics(port)
 
     argv = ["worker", "--queues", queues, *ctx.args]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if not any(arg.startswith(("--loglevel", "-l")) for arg in ctx.args):
         argv += ["--loglevel", get_settings().log_level]
-    app.worker_main(argv)
+    app.start(_celery_globals(app) + argv)
+
+
+def _prepare_worker_metrics() -> None:
+    """A private multiprocess folder for this worker and its pool, set before prometheus_client is imported
+    (it picks its storage at import), unless PROMETHEUS_MULTIPROC_DIR names a shared one."""
+    if "prometheus_client" in sys.modules:
+        raise click.ClickException("prometheus_client was imported before the metrics folder was set")
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = tempfile.mkdtemp(prefix="leadsync-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, True)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -107,7 +164,7 @@ def beat(ctx: click.Context) -> None:
     """Run the scheduler (sweeper, CRM flush cadence). Run exactly one."""
     from leadsync.worker.celery_app import app
 
-    app.start(["beat", "--loglevel", get_settings().log_level, *ctx.args])
+    app.start([*_celery_globals(app), "beat", "--loglevel", get_settings().log_level, *ctx.args])
 
 
 @main.group()
@@ -146,34 +203,214 @@ def hubspot_bootstrap() -> None:
     click.echo("created: " + ", ".join(created) if created else "nothing to create: all properties exist")
 
 
+@hubspot.command("check")
+def hubspot_check() -> None:
+    """One call to HubSpot with the token; on success lift a stop (refused token) or an outage pause."""
+    from leadsync.storage.db import get_sessionmaker
+    from leadsync.worker.crm.hubspot import CrmError
+    from leadsync.worker.crm.sync import resume
+    from leadsync.worker.tasks import crm_client
+
+    crm = crm_client()
+    if crm is None:
+        raise click.ClickException("HUBSPOT_ACCESS_TOKEN is not set")
+    try:
+        crm.check()
+    except CrmError as error:
+        raise click.ClickException(f"HubSpot refused: {error}") from error
+    resume(get_sessionmaker())
+    stats = crm.stats
+    budget = f"{stats.daily_remaining:,} of {stats.daily_limit:,} left today" if stats.daily_limit else "not reported"
+    click.echo(f"token ok; CRM sync resumed; daily budget {budget}")
+
+
+@main.group()
+def contacts() -> None:
+    """The contacts as sales see them."""
+
+
+@contacts.command("list")
+@click.option("--limit", default=50, show_default=True, type=int, help="most recently active first")
+@click.option("--sync", type=click.Choice(["pending", "synced", "rejected"]), help="only this sync state")
+def contacts_list(limit: int, sync: str | None) -> None:
+    """Name, email, what was requested and when, packet, newsletter, sync state, HubSpot record link."""
+    from leadsync.contacts import render_table, sales_rows
+    from leadsync.storage.db import session_scope
+
+    with session_scope() as session:
+        click.echo(render_table(sales_rows(session, get_settings(), limit=limit, sync=sync)))
+
+
+@contacts.command("export")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line (the one format)")
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-", help="file (default: stdout)")
+@click.option("--sync", type=click.Choice(["pending", "synced", "rejected"]), help="only this sync state")
+def contacts_export(as_csv: bool, output: click.utils.LazyFile, sync: str | None) -> None:
+    """Every contact, for a spreadsheet."""
+    from leadsync.contacts import all_sales_rows, write_csv
+    from leadsync.storage.db import session_scope
+
+    if not as_csv:
+        raise click.UsageError("choose a format: --csv")
+    with session_scope() as session:
+        count = write_csv(all_sales_rows(session, get_settings(), sync=sync), output)
+    if output.name != "<stdout>":
+        click.echo(f"exported {count} contacts to {output.name}", err=True)
+
+
+def changes_state(command: Callable[..., None]) -> Callable[..., None]:
+    """For commands that change state: when OPS_TOKEN is set, the operator must present it.
+
+    `--ops-token` or LEADSYNC_OPS_TOKEN, compared in constant time. Without OPS_TOKEN (the embedded
+    default on one machine) the commands run as they are.
+    """
+
+    @click.option("--ops-token", envvar="LEADSYNC_OPS_TOKEN", default=None, help="OPS_TOKEN, when one is set")
+    @functools.wraps(command)
+    def guarded(*args: Any, ops_token: str | None, **kwargs: Any) -> None:
+        from leadsync.forms.security import ops_token_matches
+
+        settings = get_settings()
+        if settings.ops_token and settings.ops_token.get_secret_value() and not ops_token_matches(ops_token, settings):
+            raise click.UsageError("this command changes state: pass --ops-token (or LEADSYNC_OPS_TOKEN) = OPS_TOKEN")
+        command(*args, **kwargs)
+
+    return guarded
+
+
+@main.group()
+def failed() -> None:
+    """Dead letters: work that failed for good (list, retry, discard)."""
+
+
+@failed.command("list")
+@click.option("--all", "include_resolved", is_flag=True, help="also retried and discarded ones")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def failed_list(include_resolved: bool, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    from leadsync.storage.db import session_scope
+    from leadsync.worker.dead_letters import open_letters
+
+    with session_scope() as session:
+        rows = [
+            {
+                "id": letter.id,
+                "kind": letter.kind,
+                "ref": letter.ref,
+                "task": letter.task,
+                "attempts": letter.attempts,
+                "status": letter.status,
+                "created_at": letter.created_at.isoformat(timespec="seconds"),
+                "error": letter.error,
+            }
+            for letter in open_letters(session, include_resolved)
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no dead letters")
+    for row in rows:
+        click.echo(
+            f"{row['id']:>5}  {row['created_at']}  {row['kind']:<10} {row['ref']:<32} {row['status']:<9}"
+            f" x{row['attempts']}  {row['error'][:80]}"
+        )
+
+
+@failed.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="every open dead letter")
+@changes_state
+def failed_retry(ids: tuple[int, ...], retry_all: bool) -> None:
+    """Put failed work back in its queue; safe to run twice (each letter is retried once)."""
+    from leadsync.storage.db import get_sessionmaker, session_scope
+    from leadsync.worker import signatures
+    from leadsync.worker.dead_letters import open_letters, retry
+
+    if retry_all:
+        with session_scope() as session:
+            ids = tuple(letter.id for letter in open_letters(session))
+    if not ids:
+        raise click.UsageError("name dead letter ids, or --all")
+    requeue = retry(get_sessionmaker(), ids)
+    for submission_id in requeue.submissions:
+        signatures.enqueue_submission(submission_id)
+    signatures.enqueue_emails(requeue.emails)
+    if requeue.crm:
+        signatures.enqueue_crm_flush()
+    done = len(ids) - len(requeue.skipped)
+    click.echo(f"retried {done}" + (f"; not open, skipped: {list(requeue.skipped)}" if requeue.skipped else ""))
+
+
+@failed.command("discard")
+@click.argument("ids", nargs=-1, type=int, required=True)
+@changes_state
+def failed_discard(ids: tuple[int, ...]) -> None:
+    """Close dead letters without retrying them."""
+    from leadsync.storage.db import get_sessionmaker
+    from leadsync.worker.dead_letters import discard
+
+    closed = discard(get_sessionmaker(), ids)
+    click.echo(f"discarded {len(closed)}")
+
+
+@main.command("export-person")
+@click.argument("email")
+def export_person_command(email: str) -> None:
+    """Print everything held about EMAIL as JSON (the right of access)."""
+    from leadsync.storage.db import session_scope
+    from leadsync.worker.privacy import export_person
+
+    with session_scope() as session:
+        data = export_person(session, _normalized(email))
+    if data is None:
+        raise click.ClickException("nothing is held about that address")
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@main.command()
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@changes_state
+def forget(email: str, yes: bool) -> None:
+    """Erase EMAIL's data here and in HubSpot (GDPR delete); keeps only a hashed suppression entry."""
+    from leadsync.storage.db import session_scope
+    from leadsync.worker.privacy import forget as forget_person
+    from leadsync.worker.tasks import crm_client
+
+    address = _normalized(email)
+    if not yes:
+        click.confirm(f"Erase everything about {address}?", abort=True)
+    with session_scope() as session:
+        report = forget_person(session, address)
+    click.echo(f"erased locally: {report.submissions} submissions, {report.emails} emails")
+    crm = crm_client()
+    if crm is None:
+        click.echo("HubSpot: not configured (no HUBSPOT_ACCESS_TOKEN); nothing to delete there")
+        return
+    crm.gdpr_delete(address)
+    click.echo("HubSpot: GDPR delete done")
+
+
+def _normalized(email: str) -> str:
+    """The address as leadsync keys people: the same rule as the forms."""
+    from leadsync.forms.schemas import normalize_email
+
+    try:
+        return normalize_email(email)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="EMAIL") from error
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool) -> None:
-    """The state of intake, emails and CRM sync; exits 1 when degraded."""
-    from leadsync.status import collect
+    """Queues, outbox, emails, CRM sync and dead letters on one screen; exits 1 when degraded."""
+    from leadsync.status import collect, render
 
     report = collect(get_settings())
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
-        _print_status(report)
+        render(report)
     sys.exit(0 if report["verdict"] == "healthy" else 1)
-
-
-def _print_status(report: dict) -> None:
-    click.echo(f"database     {report['database']}")
-    click.echo(f"broker       {report['broker']}")
-    if "submissions" in report:
-        click.echo(f"submissions  {_fmt(report['submissions'])}")
-        click.echo(f"outbox       oldest pending {report['outbox_oldest_pending_seconds']:.0f}s")
-        click.echo(f"contacts     {report['contacts']}")
-        click.echo(f"emails       {_fmt(report['emails'])}")
-        click.echo(f"crm          {_fmt(report['crm'])}  [{report['crm_sync']}]")
-    for note in report["notes"]:
-        click.echo(f"note         {note}")
-    reasons = "; ".join(report["reasons"])
-    click.echo(f"verdict      {report['verdict']}" + (f": {reasons}" if reasons else ""))
-
-
-def _fmt(counts: dict[str, int]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in sorted(counts.items())) or "none"

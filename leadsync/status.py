@@ -1,4 +1,6 @@
-"""One picture of the system for operations: `leadsync status` renders it, `--json` prints it.
+"""One picture of the system for operations: `leadsync status` renders it, `--json` prints it, and the
+web process's `/metrics` exports it as gauges (leadsync/metrics.py), so the terminal, scripts and
+Prometheus read the same numbers from the same queries.
 
 Example:
     >>> report = collect(get_settings())
@@ -8,15 +10,28 @@ Example:
 
 from __future__ import annotations
 
+import io
+import sys
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from leadsync.config import Settings
+from leadsync.metrics import queue_depths
 from leadsync.storage.db import ping, session_scope
-from leadsync.storage.models import Contact, EmailSend, ServiceState, Submission, SubmissionStatus, utcnow
-from leadsync.worker.crm.sync import AUTH_STATE
+from leadsync.storage.models import (
+    Contact,
+    CrmStatus,
+    DeadLetter,
+    DeadLetterStatus,
+    EmailSend,
+    ServiceState,
+    Submission,
+    SubmissionStatus,
+    utcnow,
+)
+from leadsync.worker.crm.sync import AUTH_STATE, hubspot_status
 from leadsync.worker.signatures import broker_ping
 
 STALE_PENDING = timedelta(minutes=5)
@@ -24,6 +39,10 @@ STALE_PENDING = timedelta(minutes=5)
 
 def _counts(session: Any, column: Any) -> dict[str, int]:
     return {str(key): count for key, count in session.execute(select(column, func.count()).group_by(column)).all()}
+
+
+def _age(now: Any, oldest: Any) -> float:
+    return round((now - oldest).total_seconds(), 1) if oldest else 0.0
 
 
 def collect(settings: Settings) -> dict[str, Any]:
@@ -36,6 +55,8 @@ def collect(settings: Settings) -> dict[str, Any]:
         except Exception as error:  # any failure is reported, not raised
             report[name] = f"unavailable: {error.__class__.__name__}"
             report["reasons"].append(f"{name} unavailable")
+    # Messages waiting in each queue (None: this transport cannot say, or the broker is down).
+    report["queues"] = queue_depths() if report["broker"] == "ok" else {}
     if report["database"] == "ok":
         now = utcnow()
         with session_scope() as session:
@@ -43,15 +64,41 @@ def collect(settings: Settings) -> dict[str, Any]:
                 select(func.min(Submission.received_at)).where(Submission.status == SubmissionStatus.PENDING)
             )
             report["submissions"] = _counts(session, Submission.status)
-            report["outbox_oldest_pending_seconds"] = round((now - oldest).total_seconds(), 1) if oldest else 0.0
+            by_form: dict[str, dict[str, int]] = {}
+            for form, status, count in session.execute(
+                select(Submission.form, Submission.status, func.count()).group_by(Submission.form, Submission.status)
+            ).all():
+                by_form.setdefault(str(form), {})[str(status)] = count
+            report["submissions_by_form"] = by_form
+            report["outbox_pending"] = report["submissions"].get(SubmissionStatus.PENDING, 0)
+            report["outbox_oldest_pending_seconds"] = _age(now, oldest)
             report["contacts"] = session.scalar(select(func.count()).select_from(Contact)) or 0
             report["crm"] = _counts(session, Contact.crm_status)
+            crm_oldest = session.scalar(
+                select(func.min(Contact.crm_changed_at)).where(Contact.crm_status == CrmStatus.PENDING)
+            )
+            report["crm_sync_lag_seconds"] = _age(now, crm_oldest)  # the oldest change HubSpot has not seen
             report["emails"] = _counts(session, EmailSend.status)
+            report["dead_letters_by_kind"] = {
+                str(kind): count
+                for kind, count in session.execute(
+                    select(DeadLetter.kind, func.count())
+                    .where(DeadLetter.status == DeadLetterStatus.OPEN)
+                    .group_by(DeadLetter.kind)
+                ).all()
+            }
+            report["dead_letters"] = sum(report["dead_letters_by_kind"].values())
             auth = session.get(ServiceState, AUTH_STATE)
+            report["hubspot"], hubspot_reasons, hubspot_notes = hubspot_status(session, now)
+        report["reasons"] += hubspot_reasons
+        report["notes"] += hubspot_notes
         if oldest and now - oldest > STALE_PENDING:
             report["reasons"].append(f"oldest pending submission waits {report['outbox_oldest_pending_seconds']:.0f}s")
         if auth is not None and not auth.value.get("ok"):
             report["reasons"].append(f"HubSpot refuses the token: {auth.value.get('detail')}")
+        report["hubspot"]["auth_ok"] = auth is None or bool(auth.value.get("ok"))
+        if report["dead_letters"]:
+            report["notes"].append(f"{report['dead_letters']} dead letters: see `leadsync failed list`")
         if report["emails"].get("failed"):
             report["notes"].append(f"{report['emails']['failed']} emails failed permanently")
         pending_crm = report["crm"].get("pending", 0)
@@ -60,3 +107,84 @@ def collect(settings: Settings) -> dict[str, Any]:
     report["crm_sync"] = "enabled" if settings.hubspot_enabled else "held (no HUBSPOT_ACCESS_TOKEN)"
     report["verdict"] = "degraded" if report["reasons"] else "healthy"
     return report
+
+
+# ----------------------------------------------------------------------------------------- the screen
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(counts.items())) or "none"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def render(report: dict[str, Any], console: Any = None) -> None:
+    """`leadsync status`: one screen, one line per concern, the verdict last (colour only on a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    piped = console is None and not sys.stdout.isatty()
+    if console is None:  # piped: wide (no wrapping mid-line), plain, no trailing padding
+        console = Console(width=160, record=True, file=io.StringIO()) if piped else Console()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+
+    def state(value: str) -> Text:
+        return Text(value, style="green" if value == "ok" else "red")
+
+    grid.add_row("database", state(report["database"]))
+    grid.add_row("broker", state(report["broker"]))
+    queues = report.get("queues") or {}
+    if queues:
+        grid.add_row("queues", "  ".join(f"{name} {'?' if n is None else n}" for name, n in queues.items()))
+    if "submissions" in report:
+        by_form = "; ".join(
+            f"{form}: {_counts_text(counts)}" for form, counts in sorted(report["submissions_by_form"].items())
+        )
+        grid.add_row("submissions", _counts_text(report["submissions"]) + (f"  ({by_form})" if by_form else ""))
+        oldest = report["outbox_oldest_pending_seconds"]
+        grid.add_row(
+            "outbox",
+            Text(
+                f"pending {report['outbox_pending']}, oldest {_duration(oldest)}",
+                style="yellow" if oldest > STALE_PENDING.total_seconds() else "",
+            ),
+        )
+        grid.add_row("contacts", str(report["contacts"]))
+        grid.add_row("emails", _counts_text(report["emails"]))
+        crm = f"{_counts_text(report['crm'])}; oldest unsynced change {_duration(report['crm_sync_lag_seconds'])}"
+        grid.add_row("crm", f"{crm}  [{report['crm_sync']}]")
+        hubspot = report.get("hubspot") or {}
+        if report["crm_sync"] == "enabled":
+            auth = Text("token ok", "green") if hubspot.get("auth_ok", True) else Text("token REFUSED", "bold red")
+            line = Text.assemble(auth, f"  429s today {hubspot.get('rate_limited_today', 0)}")
+            if hubspot.get("daily_limit") is not None and hubspot.get("daily_remaining") is not None:
+                line.append(f"  daily budget {hubspot['daily_remaining']:,} of {hubspot['daily_limit']:,} left")
+            if hubspot.get("paused_until"):
+                line.append(f"  paused until {hubspot['paused_until']}", "yellow")
+            grid.add_row("hubspot", line)
+        letters = report["dead_letters"]
+        by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(report["dead_letters_by_kind"].items()))
+        grid.add_row(
+            "dead letters", Text(f"{letters} open" + (f" ({by_kind})" if by_kind else ""), "red" if letters else "")
+        )
+    for note in report["notes"]:
+        grid.add_row("note", Text(note, "dim"))
+    reasons = "; ".join(report["reasons"])
+    healthy = report["verdict"] == "healthy"
+    verdict = Text(report["verdict"], style="bold green" if healthy else "bold red")
+    if reasons:
+        verdict.append(f": {reasons}")
+    grid.add_row("verdict", verdict)
+    console.print(grid)
+    if piped:
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in console.export_text().splitlines()))

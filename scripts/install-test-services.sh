@@ -14,7 +14,7 @@
 #
 # Debian 12 paths: /usr/bin/redis-server (package redis-server),
 # /usr/lib/postgresql/15/bin/{initdb,postgres} (package postgresql -> postgresql-15),
-# /usr/bin/chromium (package chromium).
+# /usr/bin/chromium (package chromium), /usr/bin/promtool (package prometheus).
 set -euo pipefail
 
 log() { printf 'install-test-services: %s\n' "$*"; }
@@ -50,6 +50,9 @@ missing=()
 find_redis >/dev/null || missing+=(redis-server)
 find_chromium >/dev/null || missing+=(chromium)
 find_pg_bindir >/dev/null || missing+=(postgresql)
+# Validates the alert rules and scrape config in config/prometheus (`promtool`, Debian package prometheus;
+# its service is never started: policy-rc.d below).
+command -v promtool >/dev/null || missing+=(prometheus)
 # Validates docker-compose.yml without a Docker engine (`docker-compose config -q`).
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 
@@ -97,4 +100,5 @@ log "redis-server: $redis ($("$redis" --version | grep -o 'v=[^ ]*'))"
 chromium="$(find_chromium)" || { log "chromium still missing after install" >&2; exit 1; }
 log "postgres:     $pg_bindir ($("$pg_bindir/postgres" --version))"
 log "chromium:     $chromium ($("$chromium" --version 2>/dev/null || echo 'version unknown'))"
+log "promtool:     $(command -v promtool) ($(promtool --version 2>&1 | head -1))"
 log "compose:      $(command -v docker-compose) ($(docker-compose version --short 2>/dev/null))"

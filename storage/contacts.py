@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from leadsync.signing import Claims, matches
 from leadsync.storage.models import Contact, CrmStatus
 
 
@@ -40,3 +41,24 @@ def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple
         select(Contact).where(Contact.email == email).with_for_update().execution_options(populate_existing=True)
     ).one()
     return contact, created
+
+
+def set_newsletter_status(session: Session, claims: Claims, status: str, now: datetime) -> Contact | None:
+    """Apply a confirm or unsubscribe click; None when the link's contact is gone or its address changed.
+
+    The change is marked for the next CRM flush, like any other change to the contact.
+    """
+    contact = session.get(Contact, claims.contact_id, with_for_update=True)
+    if contact is None or not matches(claims, contact.email):
+        return None
+    if contact.newsletter_status == status:
+        return contact  # a second click changes nothing
+    contact.newsletter_status = status
+    if status == "subscribed":
+        contact.newsletter_confirmed_at = now
+    elif status == "unsubscribed":
+        contact.newsletter_unsubscribed_at = now
+    contact.crm_version += 1
+    contact.crm_status = CrmStatus.PENDING
+    contact.crm_changed_at = now
+    return contact

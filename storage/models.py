@@ -4,6 +4,7 @@
 - `contacts`: one row per person, unique by normalized email; CRM sync state lives on the row.
 - `email_sends`: one row per email we decided to send (pending -> sending -> sent | failed).
 - `email_attempts`: every SMTP attempt and its outcome.
+- `dead_letters`: work that failed for good, for `leadsync failed list|retry|discard`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class SubmissionStatus:
     PENDING = "pending"  # stored, not yet processed by the worker
     PROCESSED = "processed"
     SPAM = "spam"  # stored for counting; never processed
+    FAILED = "failed"  # processing raised an unexpected error; see dead_letters
 
 
 class Submission(Base):
@@ -68,6 +70,7 @@ class Submission(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default=SubmissionStatus.PENDING)
+    spam_reason: Mapped[str | None] = mapped_column(String(32))  # honeypot, token_too_fast, ip_rate, ...
     enqueued_at: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
@@ -103,7 +106,9 @@ class Contact(Base):
     utm_content: Mapped[str | None] = mapped_column(String(255))
     field_times: Mapped[dict[str, Any]]  # field -> ISO time of the submission that set it (newest wins)
     lifecycle_stage: Mapped[str] = mapped_column(String(32))
-    newsletter_status: Mapped[str] = mapped_column(String(16), default="none")
+    newsletter_status: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|subscribed|unsubscribed
+    newsletter_confirmed_at: Mapped[datetime | None]  # the double opt-in click
+    newsletter_unsubscribed_at: Mapped[datetime | None]
     packet_requested_at: Mapped[datetime | None]
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -118,6 +123,7 @@ class Contact(Base):
     crm_attempts: Mapped[int] = mapped_column(default=0)
     crm_error: Mapped[str | None] = mapped_column(Text)
     hubspot_id: Mapped[str | None] = mapped_column(String(64))
+    hubspot_stage: Mapped[str | None] = mapped_column(String(32))  # the lifecycle stage last written to HubSpot
 
     __table_args__ = (Index("ix_contacts_crm_pending", "crm_status", "crm_changed_at"),)
 
@@ -173,3 +179,43 @@ class ServiceState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DeadLetterStatus:
+    OPEN = "open"  # waiting for a human: `leadsync failed list`
+    RETRIED = "retried"
+    DISCARDED = "discarded"
+
+
+class DeadLetter(Base):
+    """Work that failed for good (a 5xx from SMTP, retries exhausted, HubSpot refusing a contact, a bug).
+
+    `kind` and `ref` name the row it is about: an email send, a submission or a contact.
+    """
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # email | submission | crm
+    ref: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=1)
+    status: Mapped[str] = mapped_column(String(16), default=DeadLetterStatus.OPEN)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_dead_letters_status", "status", "created_at"),
+        Index("ix_dead_letters_ref", "kind", "ref"),
+    )
+
+
+class Suppression(Base):
+    """A forgotten person: only a hash of the address, so old queued work cannot bring them back."""
+
+    __tablename__ = "suppressions"
+
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32))  # erasure
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -32,6 +32,7 @@ class NewSubmission:
     utm: dict[str, Any] = field(default_factory=dict)
     consent: dict[str, Any] = field(default_factory=dict)
     spam: bool = False
+    spam_reason: str | None = None  # why it is spam (forms/spam.py); set means spam
     idempotency_key: str | None = None
     request_hash: str | None = None
 
@@ -61,7 +62,8 @@ def store_submission(session: Session, new: NewSubmission) -> StoreOutcome:
         consent=new.consent,
         idempotency_key=new.idempotency_key,
         request_hash=new.request_hash,
-        status=SubmissionStatus.SPAM if new.spam else SubmissionStatus.PENDING,
+        status=SubmissionStatus.SPAM if new.spam or new.spam_reason else SubmissionStatus.PENDING,
+        spam_reason=new.spam_reason or ("honeypot" if new.spam else None),
     )
     session.add(submission)
     try:

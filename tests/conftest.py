@@ -70,6 +70,9 @@ def base_env(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> It
         "HUBSPOT_ACCESS_TOKEN": "",
         "SMTP_HOST": "",
         "LOG_LEVEL": "INFO",
+        # Off unless a test sets them: many tests post often from one client (tests/security sets them).
+        "RATE_LIMIT_PER_IP": "",
+        "RATE_LIMIT_PER_EMAIL": "",
     }
     if backend == "embedded":
         yield env

@@ -12,15 +12,27 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_success,
+)
 from kombu import pools
 
+from leadsync import logs, metrics
 from leadsync.config import Settings, get_settings
+from leadsync.worker import filesystem_broker
 
 QUEUES = ("intake", "email", "crm")
 TASK_ROUTES = {
     "leadsync.process_submission": {"queue": "intake"},
     "leadsync.sweep": {"queue": "intake"},
+    "leadsync.purge": {"queue": "intake"},
     "leadsync.send_email": {"queue": "email"},
     "leadsync.flush_crm": {"queue": "crm"},
 }
@@ -34,6 +46,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     settings.var_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
     transport_options: dict[str, Any] = {}
     if url.startswith("filesystem://"):
+        # kombu's own filesystem transport loses messages between processes; ours renames atomically.
+        url = url.replace("filesystem://", f"{filesystem_broker.SCHEME}://", 1)
         folder = settings.var_dir / "broker"
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -76,6 +90,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "leadsync.sweep",
                 "schedule": timedelta(seconds=settings.sweep_interval_seconds),
             },
+            "purge": {"task": "leadsync.purge", "schedule": timedelta(hours=1)},
             "flush-crm": {
                 "task": "leadsync.flush_crm",
                 "schedule": timedelta(seconds=settings.crm_flush_interval_seconds),
@@ -104,3 +119,50 @@ def reconfigure(settings: Settings) -> None:
 
 app = create_app()
 app.conf.imports = ("leadsync.worker.tasks",)
+
+
+# ---------------------------------------------------------------------- logs and metrics (no behaviour)
+
+
+@setup_logging.connect
+def _logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connected, so Celery leaves logging to us: its own lines get the same JSON and redaction as ours.
+    logs.configure(get_settings().log_format, loglevel or get_settings().log_level)
+
+
+@before_task_publish.connect
+def _propagate_context(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # The submission id bound here (a request, or the task that enqueues) travels with the message.
+    if headers is not None:
+        logs.outgoing_headers(headers)
+
+
+@task_prerun.connect
+def _bind_task_context(task_id: str, task: Task, args: tuple[Any, ...] = (), **_: Any) -> None:
+    logs.clear()
+    submission_id = task.request.get("submission_id")
+    if task.name == "leadsync.process_submission" and args:
+        submission_id = args[0]
+    logs.bind(task=task.name, task_id=task_id, submission_id=submission_id)
+    if task.name == "leadsync.send_email" and args:
+        logs.bind(email_send_id=args[0])
+
+
+@task_postrun.connect
+def _clear_task_context(**_: Any) -> None:
+    logs.clear()
+
+
+@task_success.connect
+def _count_success(sender: Task, **_: Any) -> None:
+    metrics.count_task(sender.name, "succeeded")
+
+
+@task_failure.connect
+def _count_failure(sender: Task, **_: Any) -> None:
+    metrics.count_task(sender.name, "failed")
+
+
+@task_retry.connect
+def _count_retry(sender: Task, **_: Any) -> None:
+    metrics.count_task(sender.name, "retried")

@@ -36,8 +36,10 @@ from leadsync.worker.merge import (
     submission_values,
     subscribes,
 )
+from leadsync.worker.privacy import suppressed_before
 
 PACKET = "info_packet"
+CONFIRM = "newsletter_confirm"
 
 
 @dataclass
@@ -57,6 +59,9 @@ def process_submission(
     submission = session.scalars(select(Submission).where(Submission.id == submission_id).with_for_update()).first()
     if submission is None or submission.status != SubmissionStatus.PENDING:
         return IntakeResult(skipped=True)
+    if suppressed_before(session, submission.email, submission.received_at):
+        session.delete(submission)  # in flight when the person was forgotten: it must not bring them back
+        return IntakeResult(skipped=True)
 
     contact, created = lock_or_create_contact(session, submission.email, now)
     crm_changed = _merge_into(contact, submission) or created
@@ -65,7 +70,18 @@ def process_submission(
     if submission.form == PACKET:
         contact.packet_requested_at = submission.received_at
         crm_changed = True
-        send = _claim_packet(session, contact, submission, now, settings)
+        window = timedelta(days=settings.packet_resend_window_days)
+        send = _queue_email(session, PACKET, contact, submission, now, window, settings)
+        if send is not None:
+            result.email_send_ids.append(send.id)
+
+    if subscribes(submission.form, submission.fields) and contact.newsletter_status != "subscribed":
+        # Double opt-in: pending until the person confirms. Repeat sign-ups (or a bot list-bombing a
+        # stranger's address) resend the confirmation at most once per window.
+        if contact.newsletter_status != "pending":
+            contact.newsletter_status, crm_changed = "pending", True
+        window = timedelta(hours=settings.optin_resend_window_hours)
+        send = _queue_email(session, CONFIRM, contact, submission, now, window, settings)
         if send is not None:
             result.email_send_ids.append(send.id)
 
@@ -95,37 +111,59 @@ def _merge_into(contact: Contact, submission: Submission) -> bool:
     stage = later_stage(contact.lifecycle_stage, FORM_STAGE.get(submission.form, "subscriber"))
     if stage != contact.lifecycle_stage:
         contact.lifecycle_stage, changed = stage, True
-    if subscribes(submission.form, submission.fields) and contact.newsletter_status != "subscribed":
-        contact.newsletter_status, changed = "subscribed", True
     return changed
 
 
-def _claim_packet(
-    session: Session, contact: Contact, submission: Submission, now: datetime, settings: Settings
+def _queue_email(
+    session: Session,
+    kind: str,
+    contact: Contact,
+    submission: Submission,
+    now: datetime,
+    window: timedelta,
+    settings: Settings,
 ) -> EmailSend | None:
-    """Queue a packet email unless one was queued or sent within the window.
+    """Queue an email of `kind` unless one was queued or sent within `window`.
 
     The contact row is locked by the caller, so two workers cannot both find "none yet".
     """
     last = session.scalar(
         select(func.max(EmailSend.created_at)).where(
             EmailSend.contact_id == contact.id,
-            EmailSend.kind == PACKET,
+            EmailSend.kind == kind,
             EmailSend.status != EmailStatus.FAILED,
         )
     )
-    if not packet_due(last, now, timedelta(days=settings.packet_resend_window_days)):
+    if not packet_due(last, now, window):
+        return None
+    if _daily_cap_reached(session, contact, now, settings):
         return None
     send_id = new_id()
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "leadsync.local"
     send = EmailSend(
         id=send_id,
-        kind=PACKET,
+        kind=kind,
         contact_id=contact.id,
         submission_id=submission.id,
-        message_id=f"<{send_id}.packet@{domain}>",
+        message_id=f"<{send_id}.{'packet' if kind == PACKET else 'confirm'}@{domain}>",
         status=EmailStatus.PENDING,
         created_at=now,
     )
     session.add(send)
     return send
+
+
+def _daily_cap_reached(session: Session, contact: Contact, now: datetime, settings: Settings) -> bool:
+    """EMAIL_DAILY_CAP_PER_RECIPIENT emails of any kind already went to this address in the last 24 hours.
+
+    Why: the per-kind windows each allow one email, but kinds add up, and a window set to 0 allows any number;
+    whatever gets through the forms' spam rules, nobody receives more than the cap from us in a day.
+    """
+    sent = session.scalar(
+        select(func.count()).where(
+            EmailSend.contact_id == contact.id,
+            EmailSend.created_at > now - timedelta(days=1),
+            EmailSend.status != EmailStatus.FAILED,
+        )
+    )
+    return (sent or 0) >= settings.email_daily_cap_per_recipient

@@ -79,7 +79,7 @@ def later_stage(current: str | None, incoming: str) -> str:
 
 
 def packet_due(last_sent_at: datetime | None, now: datetime, window: timedelta) -> bool:
-    """One packet per person per window: due when none was sent (or queued) within it."""
+    """One email of a kind per person per window: due when none was sent (or queued) within it."""
     return last_sent_at is None or now - last_sent_at >= window
 
 

@@ -12,22 +12,48 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init, worker_ready
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from leadsync import metrics
 from leadsync.config import get_settings
 from leadsync.storage.db import get_engine, get_sessionmaker, session_scope
-from leadsync.storage.models import utcnow
-from leadsync.worker import signatures
+from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus, utcnow
+from leadsync.worker import dead_letters, signatures
 from leadsync.worker.celery_app import app
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.mapping import Mapping, load_mapping
+from leadsync.worker.crm.ratelimit import limiter_from_settings
 from leadsync.worker.crm.sync import flush_pending
 from leadsync.worker.intake import process_submission as process_submission_rule
 from leadsync.worker.mail.sending import backoff, deliver
 from leadsync.worker.mail.transport import MailTransport, transport_from_settings
+from leadsync.worker.privacy import purge_old_submissions
 from leadsync.worker.sweeper import find_due_work, mark_published
 
 log = logging.getLogger(__name__)
+
+
+UNEXPECTED_ERROR_RETRIES = 3
+
+
+def _give_up(kind: str, ref: str, task: str, error: Exception, attempts: int) -> None:
+    """Mark the row failed and leave a dead letter, so the sweeper stops re-publishing it."""
+    log.exception("%s %s failed for good; see `leadsync failed list`", kind, ref)
+    with session_scope() as session:
+        if kind == "submission":
+            session.execute(
+                update(Submission)
+                .where(Submission.id == ref, Submission.status == SubmissionStatus.PENDING)
+                .values(status=SubmissionStatus.FAILED)
+            )
+        else:
+            session.execute(
+                update(EmailSend)
+                .where(EmailSend.id == ref, EmailSend.status.in_([EmailStatus.SENDING, EmailStatus.PENDING]))
+                .values(status=EmailStatus.FAILED, last_error=repr(error))
+            )
+        dead_letters.record(session, kind, ref, task, f"{error.__class__.__name__}: {error}", attempts)
 
 
 @lru_cache(maxsize=1)
@@ -37,9 +63,10 @@ def crm_client() -> HubSpotCrm | None:
     if not settings.hubspot_enabled:
         return None
     assert settings.hubspot_access_token is not None
-    return HubSpotCrm(
-        settings.hubspot_access_token.get_secret_value(), settings.hubspot_base_url, settings.hubspot_timeout
-    )
+    token = settings.hubspot_access_token.get_secret_value()
+    # Every process takes its slots from one shared window (Redis, or a file on the embedded default).
+    limiter = limiter_from_settings(settings, token)
+    return HubSpotCrm(token, settings.hubspot_base_url, settings.hubspot_timeout, limiter=limiter)
 
 
 @lru_cache(maxsize=1)
@@ -74,6 +101,11 @@ def process_submission(self: Task, submission_id: str) -> dict[str, Any]:
             result = process_submission_rule(session, submission_id, get_settings())
     except OperationalError as error:  # database briefly away: the row is safe, try again
         raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
+    except Exception as error:  # a bug or bad data: a few more tries, then a dead letter, not a poison loop
+        if self.request.retries < UNEXPECTED_ERROR_RETRIES:
+            raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
+        _give_up("submission", submission_id, self.name, error, self.request.retries + 1)
+        raise
     signatures.enqueue_emails(result.email_send_ids)
     return {"skipped": result.skipped, "contact_id": result.contact_id, "emails": result.email_send_ids}
 
@@ -81,7 +113,15 @@ def process_submission(self: Task, submission_id: str) -> dict[str, Any]:
 @app.task(name="leadsync.send_email", bind=True, max_retries=None)
 def send_email(self: Task, send_id: str) -> str:
     """Send one queued email; temporary failures come back after a jittered backoff."""
-    delivery = deliver(get_sessionmaker(), send_id, mail_transport(), get_settings())
+    try:
+        delivery = deliver(get_sessionmaker(), send_id, mail_transport(), get_settings())
+    except OperationalError as error:
+        raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
+    except Exception as error:  # e.g. a broken template or a missing packet PDF
+        if self.request.retries < UNEXPECTED_ERROR_RETRIES:
+            raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
+        _give_up("email", send_id, self.name, error, self.request.retries + 1)
+        raise
     if delivery.status == "retry":
         log.warning("email %s: temporary failure, retrying in %.0fs: %s", send_id, delivery.retry_in, delivery.error)
         raise self.retry(countdown=delivery.retry_in)
@@ -95,9 +135,17 @@ def flush_crm() -> dict[str, Any]:
     """Sync one batch of pending contacts; a full batch means more may wait, so go again at once."""
     settings = get_settings()
     report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings)
-    if report.synced + report.rejected >= settings.crm_batch_size:
+    metrics.count_hubspot(report.calls, report.rate_limited)
+    if report.full(settings.crm_batch_size):
         signatures.enqueue_crm_flush()
     return report.__dict__
+
+
+@app.task(name="leadsync.purge")
+def purge() -> int:
+    """Retention: delete raw submissions older than RAW_RETENTION_DAYS."""
+    with session_scope() as session:
+        return purge_old_submissions(session, get_settings().raw_retention_days)
 
 
 @app.task(name="leadsync.sweep")

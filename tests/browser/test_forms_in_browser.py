@@ -87,9 +87,11 @@ def test_newsletter_with_javascript_shows_the_message_and_carries_utm_page_and_h
     record = wait_for(lambda: live.hubspot.contact_by_email("nora@example.org"), what="the HubSpot record")
     assert record["properties"]["firstname"] == "Nora"
     assert record["properties"]["leadsync_utm_campaign"] == "exosomes"
-    assert record["properties"]["leadsync_newsletter_status"] == "subscribed"
+    assert record["properties"]["leadsync_newsletter_status"] == "pending"  # until the person confirms
     assert live.contact("nora@example.org").hutk == "5f0c1d2e3a4b"
-    assert live.mails_to("nora@example.org") == []  # a sign-up sends no packet
+    # Double opt-in: a sign-up sends the confirmation email, no packet.
+    [mail] = wait_for(lambda: live.mails_to("nora@example.org"), timeout=20, what="the confirmation email")
+    assert mail["Subject"] == "Please confirm your newsletter subscription"
 
 
 def test_info_packet_with_javascript_by_keyboard_only(page: Page, live: Leadsync, artifacts: Path) -> None:
@@ -114,8 +116,14 @@ def test_info_packet_with_javascript_by_keyboard_only(page: Page, live: Leadsync
     [row] = live.submissions("kim.lee@example.org")
     assert row.form == "info_packet" and row.status != "spam"
     assert row.fields["newsletter_opt_in"] is True and row.fields["interest"] == "knees"
-    [mail] = wait_for(lambda: live.mails_to("kim.lee@example.org"), timeout=20, what="the packet email")
-    assert "information packet" in mail["Subject"]
+    # The packet, and (newsletter box ticked) the double opt-in confirmation.
+    mails = wait_for(
+        lambda: len(live.mails_to("kim.lee@example.org")) == 2 and live.mails_to("kim.lee@example.org"),
+        timeout=20,
+        what="the packet and the confirmation email",
+    )
+    subjects = sorted(mail["Subject"] for mail in mails)
+    assert subjects == ["Please confirm your newsletter subscription", "Your FREE information packet, Kim"]
     record = wait_for(lambda: live.hubspot.contact_by_email("kim.lee@example.org"), what="the HubSpot record")
     assert record["properties"]["lastname"] == "Lee" and record["properties"]["phone"] == "555-0100"
 

@@ -6,6 +6,10 @@ Figures printed here (recovery times) are quoted in the issue notes; run with `-
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -172,4 +176,42 @@ def test_postgres_down_answers_503_then_resumes(
         timeout=60,
         what="work resumed without intervention",
     )
+    assert_one_email_each(smtp, 10)
+
+
+def test_permanent_failure_is_a_dead_letter_and_retry_is_safe_twice(stack: LeadsyncStack, smtp: SmtpSink) -> None:
+    smtp.fail_next(1, code=550, text="5.1.1 Mailbox unavailable")
+    assert post_people(stack, 5, "dead") == [202] * 5
+    smtp.wait_for(4, timeout=30)
+
+    def leadsync(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "leadsync", *args], env=stack.env, capture_output=True, text=True, timeout=60
+        )
+
+    letters = wait_for(
+        lambda: json.loads(leadsync("failed", "list", "--json").stdout), timeout=15, what="a dead letter"
+    )
+    assert [(letter["kind"], letter["status"]) for letter in letters] == [("email", "open")]
+    assert "550" in letters[0]["error"]
+    assert "retried 1" in leadsync("failed", "retry", "--all").stdout
+    assert "retried 0" in leadsync("failed", "retry", str(letters[0]["id"])).stdout  # safe to run twice
+    assert_one_email_each(smtp, 5)
+
+
+def test_sigterm_lets_in_flight_sends_finish(stack: LeadsyncStack, smtp: SmtpSink) -> None:
+    db = Db(stack.env["DATABASE_URL"])
+    smtp.hold()
+    assert post_people(stack, 10, "term") == [202] * 10
+    wait_for(lambda: smtp.held >= 2, timeout=30, what="sends in flight")
+    worker = stack.workers[0]
+    worker.send_signal(signal.SIGTERM)  # warm shutdown: no new tasks, finish the running ones
+    time.sleep(1)
+    assert worker.poll() is None  # still finishing its in-flight sends
+    smtp.release()
+    worker.wait(timeout=30)
+    finished = db.count(select(func.count()).where(EmailSend.status == "sent"))
+    assert finished >= 2 and len(smtp.messages) == finished  # the in-flight ones completed, once
+
+    stack.start_worker(beat=True)  # the rest was left in the queue (late acks) or is swept up
     assert_one_email_each(smtp, 10)

@@ -22,7 +22,13 @@ def submit(form: str, received_at: datetime | None = None, **data: Any) -> str:
         outcome = store_submission(
             session,
             NewSubmission(
-                form=FORM_KEYS[form], email=email, fields=fields, raw=data, utm=parsed.utm(), page_url=parsed.page_url
+                form=FORM_KEYS[form],
+                email=email,
+                fields=fields,
+                raw=data,
+                utm=parsed.utm(),
+                page_url=parsed.page_url,
+                consent={"newsletter": form == "newsletter", "text_version": "test-1"},
             ),
         )
         if received_at is not None:

@@ -31,7 +31,7 @@ def test_repeated_submissions_merge_into_one_contact(settings: Settings) -> None
         "555",
         "fb",  # newer non-empty values win, older ones stay
     )
-    assert contact.lifecycle_stage == "lead" and contact.newsletter_status == "subscribed"
+    assert contact.lifecycle_stage == "lead" and contact.newsletter_status == "pending"  # until confirmed
     assert contact.submissions_count == 2
     with session_scope() as session:  # the history of submissions is kept
         rows = session.scalars(select(Submission).where(Submission.contact_id == contact.id)).all()
@@ -63,11 +63,39 @@ def test_a_request_after_the_window_sends_a_new_packet(settings: Settings) -> No
     assert len(process(submit("info-packet", email="di@example.org", first_name="Di"), settings).email_send_ids) == 1
 
 
-def test_newsletter_sends_no_packet(settings: Settings) -> None:
+def kinds(send_ids: list[str]) -> list[str]:
+    with session_scope() as session:
+        return [session.get_one(EmailSend, send_id).kind for send_id in send_ids]
+
+
+def test_newsletter_sends_a_confirmation_not_a_packet(settings: Settings) -> None:
     result = process(submit("newsletter", email="ed@example.org"), settings)
-    assert result.email_send_ids == [] and result.crm_changed
+    assert kinds(result.email_send_ids) == ["newsletter_confirm"] and result.crm_changed
     [contact] = contacts()
     assert contact.lifecycle_stage == "subscriber" and contact.crm_status == "pending"
+    assert contact.newsletter_status == "pending"
+
+
+def test_repeat_sign_ups_resend_the_confirmation_at_most_once_per_window(settings: Settings) -> None:
+    sends = []
+    for _ in range(5):  # a bot list-bombing one address, or an impatient person
+        sends += process(submit("newsletter", email="flo@example.org"), settings).email_send_ids
+    assert kinds(sends) == ["newsletter_confirm"]
+    with session_scope() as session:
+        session.get_one(EmailSend, sends[0]).created_at = datetime.now(UTC) - timedelta(hours=25)
+    assert len(process(submit("newsletter", email="flo@example.org"), settings).email_send_ids) == 1
+
+
+def test_a_confirmed_subscriber_signing_up_again_gets_nothing(settings: Settings) -> None:
+    process(submit("newsletter", email="gil@example.org"), settings)
+    with session_scope() as session:
+        session.scalars(select(Contact)).one().newsletter_status = "subscribed"
+    assert process(submit("newsletter", email="gil@example.org"), settings).email_send_ids == []
+
+
+def test_packet_request_with_newsletter_opt_in_sends_packet_and_confirmation(settings: Settings) -> None:
+    result = process(submit("info-packet", email="hal@example.org", first_name="Hal", newsletter_opt_in="on"), settings)
+    assert sorted(kinds(result.email_send_ids)) == ["info_packet", "newsletter_confirm"]
 
 
 def test_an_older_submission_processed_late_does_not_overwrite_newer_values(settings: Settings) -> None:

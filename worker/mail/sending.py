@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
 from leadsync.storage.models import Contact, EmailAttempt, EmailSend, EmailStatus, utcnow
-from leadsync.worker.mail.compose import compose_packet
+from leadsync.worker import dead_letters
+from leadsync.worker.mail.compose import compose
 from leadsync.worker.mail.transport import MailTransport, PermanentMailError, TemporaryMailError
 
 
@@ -75,7 +76,7 @@ def deliver(
         session.add(attempt)
         session.flush()
         attempt_id, attempts, message_id, created_at = attempt.id, send.attempts, send.message_id, send.created_at
-        message = compose_packet(contact, message_id, settings)
+        message = compose(send.kind, contact, message_id, settings)
 
     try:
         transport.send(message)
@@ -114,5 +115,6 @@ def _record(
         send.last_error = str(error)
         if retry_in is None:
             send.status = EmailStatus.FAILED
+            dead_letters.record(session, "email", send_id, "leadsync.send_email", str(error), send.attempts)
         else:
             send.status, send.next_attempt_at = EmailStatus.RETRY, now + timedelta(seconds=retry_in)
