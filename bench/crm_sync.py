@@ -61,6 +61,7 @@ def _seed(count: int) -> None:
     """`count` new contacts pending CRM sync, as a backlog."""
     from sqlalchemy import insert
 
+    from leadsync.storage.contacts import new_contact_values
     from leadsync.storage.db import session_scope
     from leadsync.storage.migrate import upgrade
     from leadsync.storage.models import Contact, utcnow
@@ -68,23 +69,15 @@ def _seed(count: int) -> None:
     upgrade()
     now = utcnow()
     rows = [
-        {
-            "email": f"lead{i}@example.org",
-            "first_name": f"Lead{i}",
-            "interest": "knee pain" if i % 2 else None,
-            "field_times": {},
-            "lifecycle_stage": "lead",
-            "newsletter_status": "none",
-            "packet_requested_at": now,
-            "first_seen_at": now,
-            "last_seen_at": now,
-            "submissions_count": 1,
-            "crm_status": "pending",
-            "crm_version": 2,
-            "crm_synced_version": 0,
-            "crm_changed_at": now,
-            "crm_attempts": 0,
-        }
+        new_contact_values(
+            f"lead{i}@example.org",
+            now,
+            first_name=f"Lead{i}",
+            interest="knee pain" if i % 2 else None,
+            lifecycle_stage="lead",
+            packet_requested_at=now,
+            submissions_count=1,
+        )
         for i in range(count)
     ]
     with session_scope() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
@@ -42,9 +43,23 @@ def render_errors(
     return render("errors.html", status, headers, errors=items, form=form)
 
 
+def back_link(url: str | None, request: Request) -> str | None:
+    """`url` if it is a page of this site or of an allowed origin, else None: never a link to anywhere else."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if parts.netloc == request.url.netloc or origin in request.app.state.settings.allowed_origins:
+        return url
+    return None
+
+
 async def thank_you(request: Request) -> HTMLResponse:
     form = request.query_params.get("form", "info-packet")
-    return render("thank_you.html", form=form, message=MESSAGES.get(form, MESSAGES["info-packet"]))
+    back = back_link(request.query_params.get("back"), request)
+    return render("thank_you.html", form=form, message=MESSAGES.get(form, MESSAGES["info-packet"]), back=back)
 
 
 async def demo(request: Request) -> HTMLResponse:

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from leadsync import logs
 from leadsync.config import Settings
 from leadsync.forms.negotiation import PayloadError, read_payload, wants_html
-from leadsync.forms.pages import render_errors
+from leadsync.forms.pages import back_link, render_errors
 from leadsync.forms.schemas import FORM_KEYS, MESSAGES, MetaFields, validate
 from leadsync.forms.spam import SpamGuard, refused_email
 from leadsync.storage.db import get_sessionmaker
@@ -76,7 +76,7 @@ async def submit(request: Request) -> Response:
     )
     if outcome.created and not new.spam_reason:
         await run_in_threadpool(enqueue_submission, outcome.submission.id)
-    return _accepted(form, outcome.submission.id, html, settings)
+    return _accepted(form, outcome.submission.id, html, settings, request, new.page_url)
 
 
 def _guard(request: Request) -> SpamGuard:
@@ -145,10 +145,15 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
     )
 
 
-def _accepted(form: str, submission_id: str, html: bool, settings: Settings) -> Response:
+def _accepted(
+    form: str, submission_id: str, html: bool, settings: Settings, request: Request, page_url: str | None
+) -> Response:
     if html:
+        query = {"form": form}
+        if back := back_link(page_url, request):  # the thank-you page links back to the article
+            query["back"] = back
         separator = "&" if "?" in settings.thank_you_url else "?"
-        return RedirectResponse(f"{settings.thank_you_url}{separator}{urlencode({'form': form})}", status_code=303)
+        return RedirectResponse(f"{settings.thank_you_url}{separator}{urlencode(query)}", status_code=303)
     return JSONResponse({"status": "accepted", "id": submission_id, "message": MESSAGES[form]}, status_code=202)
 
 

@@ -17,11 +17,9 @@ from leadsync.signing import Claims, matches
 from leadsync.storage.models import Contact, CrmStatus
 
 
-def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple[Contact, bool]:
-    """The locked contact for `email`, created if new; the flag says whether this call created it."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = {
+def new_contact_values(email: str, now: datetime, **values: object) -> dict[str, object]:
+    """Column values of a brand-new contact (pending CRM sync); `values` override or add fields."""
+    return {
         "email": email,
         "field_times": {},
         "lifecycle_stage": "subscriber",
@@ -34,8 +32,20 @@ def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple
         "crm_synced_version": 0,
         "crm_changed_at": now,
         "crm_attempts": 0,
+        **values,
     }
-    statement = insert(Contact).values(**values).on_conflict_do_nothing(index_elements=["email"]).returning(Contact.id)
+
+
+def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple[Contact, bool]:
+    """The locked contact for `email`, created if new; the flag says whether this call created it."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(Contact)
+        .values(**new_contact_values(email, now))
+        .on_conflict_do_nothing(index_elements=["email"])
+        .returning(Contact.id)
+    )
     created = session.execute(statement).scalar() is not None  # RETURNING yields no row on conflict
     contact = session.scalars(
         select(Contact).where(Contact.email == email).with_for_update().execution_options(populate_existing=True)

@@ -182,3 +182,24 @@ def test_dev_mode_serves_the_demo_page(monkeypatch: pytest.MonkeyPatch, base_env
         page = client.get("/")
     assert page.status_code == 200
     assert "Subscribe To Our Newsletter" in page.text and "Request Information Packet" in page.text
+
+
+def test_thank_you_page_links_back_to_the_article_only_on_this_site(client: TestClient) -> None:
+    here = client.post(
+        "/forms/newsletter",
+        data={"email": "bo@example.org", "page_url": "http://testserver/exosome-therapy"},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert here.status_code == 303
+    page = client.get(here.headers["location"])
+    assert 'href="http://testserver/exosome-therapy"' in page.text and "javascript:" not in page.text
+    elsewhere = client.post(
+        "/forms/newsletter",
+        data={"email": "cy@example.org", "page_url": "https://evil.example/phish"},
+        headers={"Accept": "text/html"},
+        follow_redirects=False,
+    )
+    assert elsewhere.headers["location"] == "/thank-you?form=newsletter"
+    forged = client.get("/thank-you", params={"form": "newsletter", "back": "https://evil.example/phish"})
+    assert "evil.example" not in forged.text

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from leadsync.storage.models import Contact, Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink, free_port
-from tests.support.stack import LeadsyncStack
+from tests.support.stack import LeadsyncStack, services_env
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 MIN_FILL_SECONDS = 1.5  # short, so the tests are quick; long enough that an instant post is "too fast"
@@ -103,11 +103,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leadsync]:
         "VAR_DIR": str(workdir / "var"),
         "DATABASE_URL": f"sqlite:///{workdir / 'var' / 'leadsync.db'}",
         "BROKER_URL": "filesystem://",
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "HUBSPOT_ACCESS_TOKEN": "test-token",
-        "HUBSPOT_BASE_URL": hubspot.url,
-        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
+        **services_env(smtp, hubspot),
         "DEV_MODE": "1",
         "FORM_MIN_FILL_SECONDS": str(MIN_FILL_SECONDS),
         "ALLOWED_ORIGINS": f"http://127.0.0.1:{site_port}",

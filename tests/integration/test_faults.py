@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from leadsync.storage.models import Contact, EmailSend, Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import PostgresServer, RedisServer, SmtpSink
-from tests.support.stack import LeadsyncStack, wait_for
+from tests.support.stack import LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,8 @@ def stack(
         "VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": postgres_server.create_database(database),
         "BROKER_URL": redis_server.url,
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "HUBSPOT_ACCESS_TOKEN": "test-token",
-        "HUBSPOT_BASE_URL": hubspot.url,
+        **services_env(smtp, hubspot),
         "HUBSPOT_TIMEOUT": "2",
-        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
         "SWEEP_INTERVAL_SECONDS": "1",
         "SWEEP_GRACE_SECONDS": "2",
         "EMAIL_CLAIM_LEASE_SECONDS": "4",

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from leadsync.storage.models import Contact, EmailSend, Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink
-from tests.support.stack import LeadsyncStack, wait_for
+from tests.support.stack import LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +26,7 @@ def stack(
     """web + one worker (with beat), on the embedded default and on Redis + PostgreSQL."""
     env = {
         **base_env,
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "HUBSPOT_ACCESS_TOKEN": "test-token",
-        "HUBSPOT_BASE_URL": hubspot.url,
-        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
+        **services_env(smtp, hubspot),
     }
     running = LeadsyncStack(env, tmp_path).start()
     yield running

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from leadsync.storage.models import Contact, EmailSend, Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import PostgresServer, RedisServer, SmtpSink
-from tests.support.stack import LeadsyncStack, wait_for
+from tests.support.stack import LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,7 @@ def two_workers(
         "VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": postgres_server.create_database("topology"),
         "BROKER_URL": redis_server.url,
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "HUBSPOT_ACCESS_TOKEN": "test-token",
-        "HUBSPOT_BASE_URL": hubspot.url,
-        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
+        **services_env(smtp, hubspot),
     }
     stack = LeadsyncStack(env, tmp_path, workers=2, concurrency=2).start()
     yield stack

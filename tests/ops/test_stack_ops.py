@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink, free_port
-from tests.support.stack import LeadsyncStack, wait_for
+from tests.support.stack import LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -107,12 +107,8 @@ def test_no_email_address_or_phone_number_reaches_any_log(
 ) -> None:
     env = {
         **stack_env,
-        "SMTP_HOST": smtp.host,
-        "SMTP_PORT": str(smtp.port),
-        "HUBSPOT_ACCESS_TOKEN": "test-token",
-        "HUBSPOT_BASE_URL": hubspot.url,
+        **services_env(smtp, hubspot),
         "HUBSPOT_TIMEOUT": "2",
-        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
         "EMAIL_RETRY_BASE_SECONDS": "0.5",
         "LOG_LEVEL": "DEBUG" if backend == "embedded" else "INFO",  # DEBUG too: Celery says more there
     }

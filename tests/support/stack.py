@@ -35,6 +35,17 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float 
         time.sleep(interval)
 
 
+def services_env(smtp: Any, hubspot: Any, token: str = "test-token") -> dict[str, str]:
+    """Settings that point leadsync at the test SMTP server and HubSpot emulator, flushing CRM often."""
+    return {
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "HUBSPOT_ACCESS_TOKEN": token,
+        "HUBSPOT_BASE_URL": hubspot.url,
+        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
+    }
+
+
 class LeadsyncStack:
     """A web process and worker processes (the first with beat) sharing one configuration."""
 

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.orm import Session
 
 from leadsync.config import get_settings
+from leadsync.storage.contacts import new_contact_values
 from leadsync.storage.models import Contact, utcnow
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.mapping import load_mapping
@@ -32,22 +33,14 @@ def seed_pending(url: str, count: int) -> None:
     """`count` new contacts pending CRM sync, committed in one transaction."""
     now = utcnow()
     rows = [
-        {
-            "email": f"lead{i}@example.org",
-            "first_name": f"Lead{i}",
-            "field_times": {},
-            "lifecycle_stage": "lead",
-            "newsletter_status": "none",
-            "packet_requested_at": now,
-            "first_seen_at": now,
-            "last_seen_at": now,
-            "submissions_count": 1,
-            "crm_status": "pending",
-            "crm_version": 2,
-            "crm_synced_version": 0,
-            "crm_changed_at": now,
-            "crm_attempts": 0,
-        }
+        new_contact_values(
+            f"lead{i}@example.org",
+            now,
+            first_name=f"Lead{i}",
+            lifecycle_stage="lead",
+            packet_requested_at=now,
+            submissions_count=1,
+        )
         for i in range(count)
     ]
     engine = create_engine(url)
