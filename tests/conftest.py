@@ -76,18 +76,30 @@ def base_env(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> It
     }
     if backend == "embedded":
         yield env
-        return
-    postgres: PostgresServer = request.getfixturevalue("postgres_server")
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    if not redis_server.running:  # a fault-injection test may have stopped it
+    else:
+        yield {**env, **request.getfixturevalue("production_env")}
+
+
+@pytest.fixture
+def production_env(
+    tmp_path: Path, postgres_server: PostgresServer, redis_server: RedisServer
+) -> Iterator[dict[str, str]]:
+    """The production pair for one test: a fresh PostgreSQL database and a flushed Redis (both restarted
+    first if an earlier fault-injection test left them stopped), dropped afterwards."""
+    if not redis_server.running:
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
     name = f"t_{uuid.uuid4().hex[:12]}"
-    env["DATABASE_URL"] = postgres.create_database(name)
-    env["BROKER_URL"] = redis_server.url
-    yield env
+    yield {
+        "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": postgres_server.create_database(name),
+        "BROKER_URL": redis_server.url,
+    }
     get_engine.cache_clear()
-    postgres.drop_database(name)
+    for server in (postgres_server, redis_server):
+        if not server.running:  # this test stopped it
+            server.start()
+    postgres_server.drop_database(name)
 
 
 @pytest.fixture

@@ -29,20 +29,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def stack(
-    tmp_path: Path,
-    postgres_server: PostgresServer,
-    redis_server: RedisServer,
-    smtp: SmtpSink,
-    hubspot: HubSpotEmulator,
+    tmp_path: Path, production_env: dict[str, str], smtp: SmtpSink, hubspot: HubSpotEmulator
 ) -> Iterator[LeadsyncStack]:
     """Redis + PostgreSQL, one worker with beat; sweeps and leases shortened so recovery fits in a test."""
-    if not redis_server.running:
-        redis_server.start()
-    database = "faults"
     env = {
-        "VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_URL": postgres_server.create_database(database),
-        "BROKER_URL": redis_server.url,
+        **production_env,
         **services_env(smtp, hubspot),
         "HUBSPOT_TIMEOUT": "2",
         "SWEEP_INTERVAL_SECONDS": "1",
@@ -55,11 +46,6 @@ def stack(
     yield running
     running.stop()
     print(running.logs())
-    if not postgres_server.running:
-        postgres_server.start()
-    if not redis_server.running:
-        redis_server.start()
-    postgres_server.drop_database(database)
 
 
 class Db:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from leadsync.storage.models import Contact, EmailSend, Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
-from tests.support.services import PostgresServer, RedisServer, SmtpSink
+from tests.support.services import SmtpSink
 from tests.support.stack import LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -21,25 +21,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def two_workers(
-    tmp_path: Path,
-    postgres_server: PostgresServer,
-    redis_server: RedisServer,
-    smtp: SmtpSink,
-    hubspot: HubSpotEmulator,
+    tmp_path: Path, production_env: dict[str, str], smtp: SmtpSink, hubspot: HubSpotEmulator
 ) -> Iterator[LeadsyncStack]:
-    if not redis_server.running:
-        redis_server.start()
-    env = {
-        "VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_URL": postgres_server.create_database("topology"),
-        "BROKER_URL": redis_server.url,
-        **services_env(smtp, hubspot),
-    }
+    env = {**production_env, **services_env(smtp, hubspot)}
     stack = LeadsyncStack(env, tmp_path, workers=2, concurrency=2).start()
     yield stack
     stack.stop()
     print(stack.logs())
-    postgres_server.drop_database("topology")
 
 
 def test_50_concurrent_duplicate_posts_with_2_workers_give_1_contact_1_email_1_record(
