@@ -5,7 +5,7 @@ that sales set in HubSpot is never overwritten with `lead`.
 
 Revision ID: 0002_hubspot_stage
 Revises: 0001
-Create Date: 2026-12-02 10:00:00
+Create Date: 2026-11-27 21:20:00
 """
 
 from __future__ import annotations
