@@ -52,7 +52,10 @@ async def apply(request: Request) -> Response:
     purpose = request.path_params["action"]
     token = request.query_params.get("token")
     if token is None and "form" in request.headers.get("content-type", ""):
-        token = str((await request.form()).get("token") or "") or None
+        try:
+            token = str((await request.form(max_files=0, max_fields=10)).get("token") or "") or None
+        except Exception:  # a malformed body is the client's fault: answered as a bad link, never a 500
+            token = None
     claims = _claims(request, purpose, token) if purpose in ACTIONS else None
     if claims is None:
         return _invalid()

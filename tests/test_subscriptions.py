@@ -106,3 +106,11 @@ def test_forged_expired_or_misused_tokens_change_nothing(settings: Settings, cli
     for token in tokens:  # the last one is genuine but its address is not this contact's any more
         assert client.post(f"/newsletter/{action}", params={"token": token}).status_code == 400
     assert status() == "pending"
+
+
+def test_a_malformed_body_is_a_bad_link_not_a_server_error(settings: Settings, client: TestClient) -> None:
+    confirmation(settings)
+    for content_type in ("multipart/form-data; boundary=x", "multipart/form-data", "application/x-www-form-urlencoded"):
+        response = client.post("/newsletter/confirm", content=b"--x\r\nbroken", headers={"Content-Type": content_type})
+        assert response.status_code == 400, content_type
+    assert status() == "pending"

@@ -235,8 +235,27 @@ _live: set[_Closable] = set()
 class _Closable:
     """Something the atexit hook must close if a test run forgot to (or crashed)."""
 
+    def start(self) -> Self:
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
+
+    # A context manager: started on entry (closed again if the start fails), closed on exit.
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def _register(self) -> None:
         with _live_lock:
@@ -415,21 +434,6 @@ class _ProcessServer(_Closable):
                     shutil.rmtree(self.dir, ignore_errors=True)
                     self.dir = None
                 self._unregister()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -820,17 +824,6 @@ class SmtpSink(_Closable):
         with self._cond:
             self._received.append(mail)
             self._cond.notify_all()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
