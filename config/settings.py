@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     hubspot_timeout: float = Field(10.0, gt=0, description="seconds for one HubSpot call")
     hubspot_portal_id: str | None = None  # only to build record links for sales
     hubspot_mapping_path: Path = CONFIG_DIR / "hubspot_mapping.toml"
+    # The HubSpot subscription type (communication preference) the newsletter is: confirmed subscribers are
+    # subscribed to it, unsubscribes unsubscribe (worker/crm/preferences.py). Unset: only the custom property.
+    hubspot_subscription_id: str | None = None
 
     # Mail. No SMTP_HOST: mails are written as .eml files into var_dir/outbox.
     smtp_host: str | None = None
@@ -109,6 +112,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("hubspot_subscription_id")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return (value or "").strip() or None
 
     @field_validator("rate_limit_per_ip", "rate_limit_per_email")
     @classmethod

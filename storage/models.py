@@ -124,6 +124,8 @@ class Contact(Base):
     crm_error: Mapped[str | None] = mapped_column(Text)
     hubspot_id: Mapped[str | None] = mapped_column(String(64))
     hubspot_stage: Mapped[str | None] = mapped_column(String(32))  # the lifecycle stage last written to HubSpot
+    # the newsletter status last pushed to HubSpot's communication preferences (HUBSPOT_SUBSCRIPTION_ID)
+    hubspot_newsletter_status: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (Index("ix_contacts_crm_pending", "crm_status", "crm_changed_at"),)
 

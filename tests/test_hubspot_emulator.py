@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from hubspot import HubSpot
+from hubspot.communication_preferences import PublicUpdateSubscriptionStatusRequest
+from hubspot.communication_preferences.exceptions import ApiException as PreferencesApiException
 from hubspot.crm.contacts import (
     BatchInputSimplePublicObjectBatchInputUpsert,
     BatchInputSimplePublicObjectId,
@@ -431,6 +433,112 @@ def test_raw_http_errors_keep_hubspot_shapes(hub: HubSpotEmulator) -> None:
     assert unknown.status_code == 404
     assert unknown.json()["status"] == "error"
     assert unknown.headers["X-HubSpot-RateLimit-Max"] == "10000"
+
+
+# ---------------------------------------------------------------------- communication preferences (v3)
+
+
+def preference(email: str, subscription_id: str) -> PublicUpdateSubscriptionStatusRequest:
+    return PublicUpdateSubscriptionStatusRequest(
+        email_address=email,
+        subscription_id=subscription_id,
+        legal_basis="CONSENT_WITH_NOTICE",
+        legal_basis_explanation="Confirmed by double opt-in",
+    )
+
+
+def test_subscribe_then_unsubscribe_one_subscription_type(hub: HubSpotEmulator, client: HubSpot) -> None:
+    newsletter = hub.add_subscription("Newsletter", "Monthly news")
+    status_api = client.communication_preferences.status_api
+    definitions = client.communication_preferences.definition_api.get_page().subscription_definitions
+    assert {d.name for d in definitions} == {"Marketing Information", "One to One", "Newsletter"}
+
+    subscribed = status_api.subscribe(preference("Nia@Example.org", newsletter))
+    assert (subscribed.id, subscribed.status, subscribed.source_of_status) == (
+        newsletter,
+        "SUBSCRIBED",
+        "SUBSCRIPTION_STATUS",
+    )
+    assert subscribed.legal_basis == "CONSENT_WITH_NOTICE"
+    assert hub.subscription_status("nia@example.org", newsletter) == "SUBSCRIBED"
+
+    statuses = status_api.get_email_status("nia@example.org")
+    assert statuses.recipient == "nia@example.org"
+    by_name = {s.name: s.status for s in statuses.subscription_statuses}
+    assert by_name == {
+        "Marketing Information": "NOT_SUBSCRIBED",
+        "One to One": "NOT_SUBSCRIBED",
+        "Newsletter": "SUBSCRIBED",
+    }
+
+    assert status_api.unsubscribe(preference("nia@example.org", newsletter)).status == "NOT_SUBSCRIBED"
+    assert hub.subscription_status("nia@example.org", newsletter) == "NOT_SUBSCRIBED"
+    assert status_api.subscribe(preference("nia@example.org", newsletter)).status == "SUBSCRIBED"  # re-subscribed
+    assert hub.count("/communication-preferences/v3/", status=200) == 5
+
+
+def test_asking_for_the_current_state_is_a_400_already(hub: HubSpotEmulator, client: HubSpot) -> None:
+    newsletter = hub.add_subscription("Newsletter")
+    status_api = client.communication_preferences.status_api
+    status_api.subscribe(preference("ann@example.org", newsletter))
+    with pytest.raises(PreferencesApiException) as caught:
+        status_api.subscribe(preference("ann@example.org", newsletter))
+    assert caught.value.status == 400
+    assert "is already subscribed" in error_body(caught.value)["message"]
+    assert error_body(caught.value)["category"] == "VALIDATION_ERROR"
+
+    status_api.unsubscribe(preference("ann@example.org", newsletter))
+    with pytest.raises(PreferencesApiException) as caught:
+        status_api.unsubscribe(preference("ann@example.org", newsletter))
+    assert caught.value.status == 400 and "is already unsubscribed" in error_body(caught.value)["message"]
+    # An address never subscribed may be unsubscribed (an explicit opt-out), once.
+    assert status_api.unsubscribe(preference("bo@example.org", newsletter)).status == "NOT_SUBSCRIBED"
+
+
+def test_preference_errors_keep_hubspot_shapes(hub: HubSpotEmulator, client: HubSpot) -> None:
+    newsletter = hub.add_subscription("Newsletter")
+    status_api = client.communication_preferences.status_api
+    with pytest.raises(PreferencesApiException) as caught:
+        status_api.subscribe(preference("ann@example.org", "999"))  # no such subscription type
+    assert caught.value.status == 400 and "999" in error_body(caught.value)["message"]
+    with pytest.raises(PreferencesApiException) as caught:
+        status_api.subscribe(preference("not-an-address", newsletter))
+    assert caught.value.status == 400
+    hub.opt_out_of_all("out@example.org")
+    with pytest.raises(PreferencesApiException) as caught:
+        status_api.subscribe(preference("out@example.org", newsletter))
+    assert caught.value.status == 400 and "opted out of all" in error_body(caught.value)["message"]
+    [status] = [s for s in status_api.get_email_status("out@example.org").subscription_statuses if s.id == newsletter]
+    assert (status.status, status.source_of_status) == ("NOT_SUBSCRIBED", "PORTAL_WIDE_STATUS")
+
+    headers = {"Authorization": f"Bearer {hub.token}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=hub.url, headers=headers) as http:
+        empty = http.post("/communication-preferences/v3/subscribe", json={})
+        bad_basis = http.post(
+            "/communication-preferences/v3/subscribe",
+            json={"emailAddress": "ann@example.org", "subscriptionId": newsletter, "legalBasis": "BECAUSE"},
+        )
+    assert empty.status_code == 400 and "[emailAddress, subscriptionId]" in empty.json()["message"]
+    assert bad_basis.status_code == 400 and "LegalBasis" in bad_basis.json()["message"]
+    assert hub.subscription_status("ann@example.org", newsletter) is None  # nothing was changed
+
+
+def test_preferences_need_the_token_and_share_the_rate_limit(hub: HubSpotEmulator, client: HubSpot) -> None:
+    newsletter = hub.add_subscription("Newsletter")
+    stranger = HubSpot(access_token="wrong-token", host=hub.url).communication_preferences.status_api
+    with pytest.raises(PreferencesApiException) as caught:
+        stranger.subscribe(preference("ann@example.org", newsletter))
+    assert caught.value.status == 401
+    assert hub.subscription_status("ann@example.org", newsletter) is None
+
+    hub.rate_limit = 2
+    client.crm.contacts.basic_api.get_page()  # one contacts call and one preferences call fill the window
+    status_api = client.communication_preferences.status_api
+    status_api.subscribe(preference("ann@example.org", newsletter))
+    with pytest.raises(PreferencesApiException) as caught:
+        status_api.unsubscribe(preference("ann@example.org", newsletter))
+    assert caught.value.status == 429 and error_body(caught.value)["policyName"] == "TEN_SECONDLY_ROLLING"
+    assert hub.subscription_status("ann@example.org", newsletter) == "SUBSCRIBED"  # the refused call changed nothing
 
 
 def test_command_line_entry_point_serves_in_the_foreground() -> None:

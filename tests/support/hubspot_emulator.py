@@ -1,4 +1,5 @@
-"""A local, in-memory emulator of HubSpot's CRM v3 HTTP API: contacts, contact properties, GDPR delete.
+"""A local, in-memory emulator of HubSpot's CRM v3 HTTP API: contacts, contact properties, GDPR delete,
+and the communication preferences v3 API (subscription definitions and per-address statuses).
 
 Why it exists: the worker talks to HubSpot only through the official ``hubspot-api-client``, and
 HubSpot itself is out of reach from tests, CI and benchmarks. This module speaks HubSpot's wire format
@@ -115,6 +116,23 @@ AUTH_MESSAGE = (
     "more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
 )
 NOT_FOUND_MESSAGE = "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid."
+
+# Communication preferences v3: the legal bases HubSpot accepts, and the subscription types a fresh portal has.
+LEGAL_BASES = frozenset(
+    {
+        "LEGITIMATE_INTEREST_PQL",
+        "LEGITIMATE_INTEREST_CLIENT",
+        "PERFORMANCE_OF_CONTRACT",
+        "CONSENT_WITH_NOTICE",
+        "NON_GDPR",
+        "PROCESS_AND_STORE",
+        "LEGITIMATE_INTEREST_OTHER",
+    }
+)
+DEFAULT_SUBSCRIPTIONS = (
+    ("4910001", "Marketing Information", "Marketing offers and updates."),
+    ("4910002", "One to One", "One to one emails."),
+)
 
 _OBJECT = r"(?:contacts|contact|0-1)"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -451,7 +469,8 @@ def standard_groups() -> dict[str, dict[str, Any]]:
 
 
 class HubSpotEmulator:
-    """HubSpot CRM v3 contacts/properties/GDPR, in memory, served over real HTTP on 127.0.0.1.
+    """HubSpot CRM v3 contacts/properties/GDPR and communication preferences v3, in memory, served over
+    real HTTP on 127.0.0.1.
 
     All state sits behind one re-entrant lock (``lock``): the server thread mutates it while the test
     thread reads it. Iterate ``contacts`` only while holding ``lock``; the accessor methods lock for you.
@@ -485,6 +504,12 @@ class HubSpotEmulator:
         self.properties: dict[str, dict[str, Any]] = {}
         self.groups: dict[str, dict[str, Any]] = {}
         self.erased_emails: set[str] = set()  # GDPR-deleted (blocklisted) addresses
+        # Communication preferences: subscription types by id; (email, subscription id) -> the explicit
+        # status (absent: never set, reported NOT_SUBSCRIBED); addresses opted out of all email.
+        self.subscription_definitions: dict[str, dict[str, Any]] = {}
+        self.subscription_statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.opted_out_of_all: set[str] = set()
+        self._next_subscription_id = 4910101
         self._next_id = 1001
         self._by_email: dict[str, str] = {}
         self._index: dict[str, dict[str, Any]] = {}  # what search sees
@@ -495,6 +520,7 @@ class HubSpotEmulator:
         self._day = datetime.now(UTC).date()
         self._fail_count = 0
         self._fail_status = 503
+        self._fail_path: str | None = None  # fail_next hits only paths containing this (None: every path)
         self._fail_until = 0.0
         self._fail_for_status = 503
         self._delays: deque[float] = deque()
@@ -604,6 +630,27 @@ class HubSpotEmulator:
             record_id = self._commit(write, upsert=False)["id"]
             return copy.deepcopy(self.contacts[record_id])
 
+    def add_subscription(self, name: str, description: str = "") -> str:
+        """Create a subscription type (as a marketer does in HubSpot's settings); returns its id."""
+        with self._lock:
+            subscription_id = str(self._next_subscription_id)
+            self._next_subscription_id += 1
+            self.subscription_definitions[subscription_id] = self._definition(subscription_id, name, description)
+            return subscription_id
+
+    def subscription_status(self, email: str, subscription_id: str) -> str | None:
+        """SUBSCRIBED / NOT_SUBSCRIBED as explicitly set for this address and type, None when never set."""
+        with self._lock:
+            if email.strip().lower() in self.opted_out_of_all:
+                return "NOT_SUBSCRIBED"
+            state = self.subscription_statuses.get((email.strip().lower(), subscription_id))
+            return state["status"] if state else None
+
+    def opt_out_of_all(self, email: str) -> None:
+        """The address opted out of all email (the footer's "unsubscribe from all"): the API cannot undo it."""
+        with self._lock:
+            self.opted_out_of_all.add(email.strip().lower())
+
     def calls(self, path_contains: str | None = None) -> list[Call]:
         with self._lock:
             selected = [c for c in self._calls if path_contains is None or path_contains in c.path]
@@ -625,6 +672,8 @@ class HubSpotEmulator:
             self._index.clear()
             self._pending.clear()
             self.erased_emails.clear()
+            self.subscription_statuses.clear()
+            self.opted_out_of_all.clear()
             self._calls.clear()
             self._windows.clear()
             self._daily_used.clear()
@@ -633,10 +682,11 @@ class HubSpotEmulator:
             self._delays.clear()
             self._seed()
 
-    def fail_next(self, n: int, status: int = 503) -> None:
-        """The next n requests answer `status` with a HubSpot-shaped body, before auth or any state change."""
+    def fail_next(self, n: int, status: int = 503, path_contains: str | None = None) -> None:
+        """The next n requests (to paths containing `path_contains`, if given) answer `status` with a
+        HubSpot-shaped body, before auth or any state change."""
         with self._lock:
-            self._fail_count, self._fail_status = n, status
+            self._fail_count, self._fail_status, self._fail_path = n, status, path_contains
 
     def fail_for(self, seconds: float, status: int = 503) -> None:
         with self._lock:
@@ -656,6 +706,10 @@ class HubSpotEmulator:
         self.properties.update(standard_properties())
         self.groups.clear()
         self.groups.update(standard_groups())
+        self.subscription_definitions.clear()
+        for subscription_id, name, description in DEFAULT_SUBSCRIPTIONS:
+            definition = self._definition(subscription_id, name, description)
+            self.subscription_definitions[subscription_id] = {**definition, "isDefault": True}
 
     # ------------------------------------------------------------------ HTTP plumbing
 
@@ -665,7 +719,7 @@ class HubSpotEmulator:
         path: str = request.scope["path"]
         query = list(request.query_params.multi_items())
         with self._lock:
-            fault = self._take_fault()
+            fault = self._take_fault(path)
             delay = self._delays.popleft() if fault is None and self._delays else 0.0
         if delay > 0:
             await asyncio.sleep(delay)
@@ -804,13 +858,17 @@ class HubSpotEmulator:
             ("GET", rf"{props}/(?P<name>[^/]+)", self._get_property),
             ("PATCH", rf"{props}/(?P<name>[^/]+)", self._update_property),
             ("DELETE", rf"{props}/(?P<name>[^/]+)", self._archive_property),
+            ("GET", r"/communication-preferences/v3/definitions", self._list_subscriptions),
+            ("GET", r"/communication-preferences/v3/status/email/(?P<email>[^/]+)", self._email_statuses),
+            ("POST", r"/communication-preferences/v3/subscribe", self._subscribe),
+            ("POST", r"/communication-preferences/v3/unsubscribe", self._unsubscribe),
         ]
         return [(m, re.compile(p), h) for m, p, h in table]
 
     # ------------------------------------------------------------------ faults and rate limits
 
-    def _take_fault(self) -> int | None:
-        if self._fail_count > 0:
+    def _take_fault(self, path: str) -> int | None:
+        if self._fail_count > 0 and (self._fail_path is None or self._fail_path in path):
             self._fail_count -= 1
             return self._fail_status
         if time.monotonic() < self._fail_until:
@@ -1384,6 +1442,121 @@ class HubSpotEmulator:
         except (TypeError, ValueError):
             raise _bad_request(f"{name} must be an integer; got {value!r}") from None
 
+    # ------------------------------------------------------------------ communication preferences (v3)
+
+    @staticmethod
+    def _definition(subscription_id: str, name: str, description: str) -> dict[str, Any]:
+        stamp = _iso(time.time())
+        return {
+            "id": subscription_id,
+            "name": name,
+            "description": description,
+            "purpose": "Marketing",
+            "communicationMethod": "Email",
+            "isActive": True,
+            "isDefault": False,
+            "isInternal": False,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+        }
+
+    def _status_of(self, definition: dict[str, Any], email: str) -> dict[str, Any]:
+        """One PublicSubscriptionStatus: what HubSpot answers per subscription type for one address."""
+        item: dict[str, Any] = {
+            "id": definition["id"],
+            "name": definition["name"],
+            "description": definition["description"],
+            "status": "NOT_SUBSCRIBED",
+            "sourceOfStatus": "SUBSCRIPTION_STATUS",
+        }
+        if email in self.opted_out_of_all:
+            item["sourceOfStatus"] = "PORTAL_WIDE_STATUS"
+            return item
+        state = self.subscription_statuses.get((email, definition["id"]))
+        if state is not None:
+            item["status"] = state["status"]
+            for key in ("legalBasis", "legalBasisExplanation"):
+                if state.get(key):
+                    item[key] = state[key]
+        return item
+
+    @staticmethod
+    def _preference_email(raw: Any) -> str:
+        email = _as_text(raw).strip().lower()
+        if not _EMAIL_RE.fullmatch(email):
+            raise HubSpotError(400, f"Email address {_as_text(raw)} is invalid", "VALIDATION_ERROR")
+        return email
+
+    def _list_subscriptions(self, req: _Req) -> tuple[int, Any]:
+        return 200, {"subscriptionDefinitions": [dict(d) for d in self.subscription_definitions.values()]}
+
+    def _email_statuses(self, req: _Req) -> tuple[int, Any]:
+        """Every active subscription type, with this address's status (NOT_SUBSCRIBED when never set)."""
+        email = self._preference_email(req.params["email"])
+        statuses = [self._status_of(d, email) for d in self.subscription_definitions.values() if d["isActive"]]
+        return 200, {"recipient": email, "subscriptionStatuses": statuses}
+
+    def _subscribe(self, req: _Req) -> tuple[int, Any]:
+        return self._set_status(req, subscribe=True)
+
+    def _unsubscribe(self, req: _Req) -> tuple[int, Any]:
+        return self._set_status(req, subscribe=False)
+
+    def _set_status(self, req: _Req, *, subscribe: bool) -> tuple[int, Any]:
+        """POST /subscribe or /unsubscribe. Asking for the state the address is already in is a 400
+        ("... is already subscribed to ..."), as is an unknown subscription id; an address that opted out
+        of all email cannot be subscribed again through the API."""
+        body = req.json_object()
+        missing = [key for key in ("emailAddress", "subscriptionId") if body.get(key) in (None, "")]
+        if missing:
+            raise HubSpotError(
+                400,
+                "Invalid input JSON on line 1, column 2: Cannot build PublicUpdateSubscriptionStatusRequest, "
+                f"some of required attributes are not set [{', '.join(missing)}]",
+                "VALIDATION_ERROR",
+            )
+        legal_basis = body.get("legalBasis")
+        if legal_basis is not None and legal_basis not in LEGAL_BASES:
+            raise HubSpotError(
+                400,
+                f"Invalid input JSON: Cannot deserialize value of type `LegalBasis` from String {legal_basis!r}: "
+                f"not one of the values accepted for Enum class: [{', '.join(sorted(LEGAL_BASES))}]",
+                "VALIDATION_ERROR",
+            )
+        email = self._preference_email(body["emailAddress"])
+        subscription_id = _as_text(body["subscriptionId"]).strip()
+        definition = self.subscription_definitions.get(subscription_id)
+        if definition is None or not definition["isActive"]:
+            raise HubSpotError(
+                400,
+                f"{subscription_id} is not a valid subscription id for this portal",
+                "VALIDATION_ERROR",
+                context={"subscriptionId": [subscription_id]},
+            )
+        current = self._status_of(definition, email)["status"]
+        explicit = (email, subscription_id) in self.subscription_statuses or email in self.opted_out_of_all
+        if subscribe and email in self.opted_out_of_all:
+            raise HubSpotError(
+                400,
+                f"{email} has opted out of all email and cannot be resubscribed through the API",
+                "VALIDATION_ERROR",
+            )
+        if subscribe and current == "SUBSCRIBED":
+            raise HubSpotError(
+                400, f"{email} is already subscribed to subscription {subscription_id}", "VALIDATION_ERROR"
+            )
+        if not subscribe and current == "NOT_SUBSCRIBED" and explicit:
+            raise HubSpotError(
+                400, f"{email} is already unsubscribed from subscription {subscription_id}", "VALIDATION_ERROR"
+            )
+        self.subscription_statuses[(email, subscription_id)] = {
+            "status": "SUBSCRIBED" if subscribe else "NOT_SUBSCRIBED",
+            "legalBasis": legal_basis,
+            "legalBasisExplanation": body.get("legalBasisExplanation"),
+            "updatedAt": _iso(time.time()),
+        }
+        return 200, self._status_of(definition, email)
+
     # ------------------------------------------------------------------ search
 
     def _search(self, req: _Req) -> tuple[int, Any]:
@@ -1750,7 +1923,9 @@ class HubSpotEmulator:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the emulator in the foreground (benchmarks, docker/dev experiments)."""
-    parser = argparse.ArgumentParser(description="Local HubSpot CRM v3 emulator (contacts, properties, GDPR).")
+    parser = argparse.ArgumentParser(
+        description="Local HubSpot CRM v3 emulator (contacts, properties, GDPR, communication preferences)."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099, help="0 picks a free port (printed on start)")
     parser.add_argument("--token", default="test-token", help="the only bearer token accepted")

@@ -29,6 +29,8 @@ from typing import Any
 
 import urllib3
 from hubspot import HubSpot
+from hubspot.communication_preferences import PublicUpdateSubscriptionStatusRequest
+from hubspot.communication_preferences.exceptions import ApiException as PreferencesApiException
 from hubspot.crm.contacts import (
     BatchInputSimplePublicObjectBatchInput,
     BatchInputSimplePublicObjectBatchInputUpsert,
@@ -45,7 +47,7 @@ from leadsync.worker.crm.ratelimit import LIMITER_ERRORS, RateLimitBusy, RateLim
 
 log = logging.getLogger(__name__)
 
-API_ERRORS = (ContactsApiException, PropertiesApiException)
+API_ERRORS = (ContactsApiException, PropertiesApiException, PreferencesApiException)
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 MAX_BATCH = 100  # HubSpot's limit on inputs per batch call
 
@@ -196,7 +198,8 @@ def _chunks(items: Sequence[WriteInput], size: int = MAX_BATCH) -> list[Sequence
 
 
 class HubSpotCrm:
-    """The HubSpot contacts and properties APIs for one process, behind the shared rate limiter."""
+    """The HubSpot contacts, properties and communication-preferences APIs for one process, behind the
+    shared rate limiter."""
 
     def __init__(
         self,
@@ -211,6 +214,7 @@ class HubSpotCrm:
         self._basic = client.crm.contacts.basic_api
         self._properties = client.crm.properties.core_api
         self._groups = client.crm.properties.groups_api
+        self._preferences = client.communication_preferences.status_api
         self.timeout = timeout
         self.limiter = limiter or memory_limiter(100, identity_for(token, base_url))
         self.retry = retry or RetryPolicy()
@@ -346,6 +350,24 @@ class HubSpotCrm:
         An address HubSpot does not hold is fine: the delete by email answers 204 either way.
         """
         self._call(self._basic.purge_with_http_info, PublicGdprDeleteInput(object_id=email, id_property="email"))
+
+    def set_subscription(
+        self, email: str, subscription_id: str, subscribed: bool, legal_basis: str, explanation: str
+    ) -> str:
+        """Subscribe or unsubscribe one address to one subscription type (communication preferences v3).
+
+        Returns the status HubSpot reports (SUBSCRIBED / NOT_SUBSCRIBED). HubSpot answers a change to the
+        state the address is already in with a 400, raised as CrmRejected like any other refusal.
+        """
+        request = PublicUpdateSubscriptionStatusRequest(
+            email_address=email,
+            subscription_id=subscription_id,
+            legal_basis=legal_basis,
+            legal_basis_explanation=explanation,
+        )
+        api = self._preferences
+        method = api.subscribe_with_http_info if subscribed else api.unsubscribe_with_http_info
+        return str(self._call(method, request).status)
 
     @staticmethod
     def _outcome(response: Any, trace_by_email: dict[str, str]) -> WriteOutcome:

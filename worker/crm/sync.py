@@ -23,6 +23,10 @@ What each failure does:
   flusher pauses with a growing, jittered backoff (service state `hubspot_pause`).
 - 429 / no rate-limit slot soon: the batch is given back untouched for the next flush.
 
+With HUBSPOT_SUBSCRIPTION_ID set, a newsletter status that became subscribed/unsubscribed is then pushed
+to HubSpot's communication preferences, one call per contact (worker/crm/preferences.py). A contact whose
+push did not happen stays pending; a refused push rejects it like a refused input.
+
 Example:
     >>> report = flush_pending(session_factory, crm, mapping, settings)
     >>> report.synced, report.rejected, report.calls
@@ -58,6 +62,7 @@ from leadsync.worker.crm.hubspot import (
     WriteOutcome,
 )
 from leadsync.worker.crm.mapping import Mapping, contact_properties
+from leadsync.worker.crm.preferences import PreferenceChange, PushOutcome, owed, push
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ class FlushReport:
     held: int = 0  # pending while no token is set, the token is refused, or HubSpot is paused
     calls: int = 0  # HubSpot calls made by this flush (retries included)
     rate_limited: int = 0  # of which answered 429
+    preferences: int = 0  # newsletter statuses pushed to HubSpot's communication preferences
     error: str | None = None
 
     def full(self, batch_size: int) -> bool:
@@ -102,6 +108,7 @@ class Claimed:
     written_stage: str | None  # the stage HubSpot got last time
     by_id: dict[str, str]  # properties for an update of the known record
     by_email: dict[str, str]  # properties for an upsert by email
+    preference: PreferenceChange | None = None  # a newsletter status HubSpot's preferences have not seen
 
     @property
     def trace_id(self) -> str:
@@ -115,13 +122,16 @@ class _Progress:
     ids: dict[int, str] = field(default_factory=dict)  # contact id -> HubSpot record id
     errors: dict[int, InputError] = field(default_factory=dict)
     stale: set[int] = field(default_factory=set)  # their stored record id no longer exists
+    preferences: PushOutcome = field(default_factory=PushOutcome)
 
 
 def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(Contact.crm_status == CrmStatus.PENDING)) or 0
 
 
-def _claim(session_factory: Callable[[], Session], mapping: Mapping, limit: int, now: datetime) -> list[Claimed]:
+def _claim(
+    session_factory: Callable[[], Session], mapping: Mapping, limit: int, now: datetime, subscription_id: str | None
+) -> list[Claimed]:
     """Lease up to `limit` pending contacts, one per email and one per HubSpot record."""
     with session_factory() as session, session.begin():
         contacts = session.scalars(
@@ -154,6 +164,7 @@ def _claim(session_factory: Callable[[], Session], mapping: Mapping, limit: int,
                     written_stage=contact.hubspot_stage,
                     by_id=contact_properties(contact, mapping, by_id=True),
                     by_email={**contact_properties(contact, mapping), "email": email},
+                    preference=owed(contact, subscription_id),
                 )
             )
         if claimed:
@@ -182,7 +193,8 @@ def flush_pending(
         with session_factory() as session:
             return FlushReport(held=pending_count(session), error=stopped)
 
-    claimed = _claim(session_factory, mapping, min(limit or settings.crm_batch_size, MAX_BATCH), now)
+    subscription_id = settings.hubspot_subscription_id
+    claimed = _claim(session_factory, mapping, min(limit or settings.crm_batch_size, MAX_BATCH), now, subscription_id)
     report = FlushReport(claimed=len(claimed))
     if not claimed:
         return report
@@ -192,9 +204,11 @@ def flush_pending(
     failure: CrmError | None = None
     try:
         _sync(crm, mapping, claimed, progress)
+        _push_preferences(crm, subscription_id, claimed, progress)
     except CrmError as error:
         failure = error
     report.calls = crm.stats.calls - calls
+    report.preferences = len(progress.preferences.pushed)
     report.rate_limited = crm.stats.rate_limited - rate_limited
     report.synced, report.rejected, report.deferred = _record(session_factory, claimed, progress, failure, now)
     _after(session_factory, crm, failure, now)
@@ -223,6 +237,17 @@ def _sync(crm: HubSpotCrm, mapping: Mapping, claimed: list[Claimed], progress: _
     if upserts:
         inputs = [WriteInput(c.email, c.by_email, c.trace_id) for c in upserts]
         _absorb(progress, write_batch(crm, mapping, crm.upsert_by_email, inputs))
+
+
+def _push_preferences(
+    crm: HubSpotCrm, subscription_id: str | None, claimed: list[Claimed], progress: _Progress
+) -> None:
+    """Newsletter consent for the contacts written now (a refused property write does not hold back an
+    unsubscribe); contacts held back from the batch get theirs with their next write."""
+    written = progress.ids.keys() | progress.errors.keys()
+    due = {c.contact_id: c.preference for c in claimed if c.preference is not None and c.contact_id in written}
+    if subscription_id and due:
+        push(crm, subscription_id, due, progress.preferences)
 
 
 def _absorb(progress: _Progress, outcome: WriteOutcome) -> None:
@@ -304,13 +329,18 @@ def _record(
     failure: CrmError | None,
     now: datetime,
 ) -> tuple[int, int, int]:
-    """Store ids and rejections, give the rest back; returns (synced, rejected, deferred)."""
+    """Store ids, pushed preferences and rejections, give the rest back; returns (synced, rejected, deferred).
+
+    A contact is synced when its properties were written and its preference change (if it owed one) pushed.
+    """
+    pushed, refused = progress.preferences.pushed, progress.preferences.errors
     synced, rejected, leftover = [], [], []
     for contact in claimed:
-        if contact.contact_id in progress.ids:
-            synced.append(contact)
-        elif contact.contact_id in progress.errors:
+        owes = contact.preference is not None and contact.contact_id not in pushed
+        if contact.contact_id in progress.errors or contact.contact_id in refused:
             rejected.append(contact)
+        elif contact.contact_id in progress.ids and not owes:
+            synced.append(contact)
         else:
             leftover.append(contact)
     # Only the version we sent is settled; a newer change keeps the contact pending.
@@ -324,6 +354,7 @@ def _record(
         "crm_attempts": 0,
         "hubspot_id": bindparam("p_hubspot_id"),
         "hubspot_stage": bindparam("p_stage"),
+        "hubspot_newsletter_status": func.coalesce(bindparam("p_pushed"), Contact.hubspot_newsletter_status),
     }
     settle = update(Contact).where(Contact.id == bindparam("p_id"))
     synced_rows = [
@@ -334,13 +365,15 @@ def _record(
             "p_error": None,
             "p_hubspot_id": progress.ids[c.contact_id],
             "p_stage": c.stage,
+            "p_pushed": pushed.get(c.contact_id),
             "p_at": now,
         }
         for c in synced
     ]
     rejected_rows = []
     for c in rejected:
-        error = progress.errors[c.contact_id]
+        error = progress.errors.get(c.contact_id) or refused[c.contact_id]
+        written = c.contact_id in progress.ids  # (only its preference was refused)
         stale = c.contact_id in progress.stale
         rejected_rows.append(
             {
@@ -348,8 +381,9 @@ def _record(
                 "p_version": c.version,
                 "p_status": CrmStatus.REJECTED,
                 "p_error": f"{error.code}: {error.message}"[:2000],
-                "p_hubspot_id": None if stale else c.hubspot_id,
-                "p_stage": None if stale else c.written_stage,
+                "p_hubspot_id": progress.ids[c.contact_id] if written else None if stale else c.hubspot_id,
+                "p_stage": c.stage if written else None if stale else c.written_stage,
+                "p_pushed": pushed.get(c.contact_id),
             }
         )
     with session_factory() as session, session.begin():
@@ -365,9 +399,21 @@ def _record(
             if failure is not None:
                 values.update(crm_attempts=Contact.crm_attempts + 1, crm_error=str(failure)[:2000])
             session.execute(update(Contact).where(Contact.id.in_([c.contact_id for c in leftover])).values(**values))
-        gone = [c.contact_id for c in leftover if c.contact_id in progress.stale]
+        gone = [c.contact_id for c in leftover if c.contact_id in progress.stale and c.contact_id not in progress.ids]
         if gone:
             session.execute(update(Contact).where(Contact.id.in_(gone)).values(hubspot_id=None, hubspot_stage=None))
+        known = [  # written, but the preference push did not happen: next time by record id
+            {"p_id": c.contact_id, "p_hubspot_id": progress.ids[c.contact_id], "p_stage": c.stage}
+            for c in leftover
+            if c.contact_id in progress.ids
+        ]
+        if known:
+            connection.execute(
+                update(Contact)
+                .where(Contact.id == bindparam("p_id"))
+                .values(hubspot_id=bindparam("p_hubspot_id"), hubspot_stage=bindparam("p_stage")),
+                known,
+            )
     return len(synced), len(rejected), len(leftover)
 
 
