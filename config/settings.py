@@ -97,10 +97,13 @@ class Settings(BaseSettings):
     # Scheduling.
     sweep_interval_seconds: float = 15.0
     sweep_grace_seconds: float = 30.0  # a pending submission older than this is enqueued again
+    # Group commit (forms/group_commit.py): most submissions in one transaction and in one broker message.
+    intake_batch_max: int = Field(200, ge=1, le=1000)
     crm_flush_interval_seconds: float = 2.0
     crm_batch_size: int = Field(100, ge=1, le=100)
 
     log_level: str = "INFO"
+    access_log: bool = False  # uvicorn's line a request, besides leadsync's own line a post
     # JSON lines for log collectors; `console` for people (`leadsync dev` sets it).
     log_format: Literal["json", "console"] = "json"
     # A worker serves its task counters on this port (GET /metrics); unset = not served.

@@ -1,4 +1,7 @@
-"""The form endpoints: validate, decide spam, store durably, enqueue, answer. Nothing else runs in the request.
+"""The form endpoints: validate, decide spam, store durably, answer. Nothing else runs in the request.
+
+Storing goes through the app's group commit (forms/group_commit.py): requests that arrive together
+share one transaction, and their submissions reach the broker a batch a message after the answer.
 
 Example (JSON):
     POST /forms/info-packet  {"email": "ann@example.org", "first_name": "Ann"}
@@ -14,11 +17,11 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from urllib.parse import urlencode
 
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -29,8 +32,7 @@ from leadsync.forms.pages import back_link, render_errors
 from leadsync.forms.schemas import FORM_KEYS, MESSAGES, MetaFields, validate
 from leadsync.forms.spam import SpamGuard, refused_email
 from leadsync.storage.db import get_sessionmaker
-from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_submission
-from leadsync.worker.signatures import enqueue_submission
+from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_submissions
 
 log = logging.getLogger(__name__)
 CONSENT_TEXT_VERSION = "2026-11"
@@ -58,25 +60,18 @@ async def submit(request: Request) -> Response:
 
     new = _new_submission(request, form, parsed, payload, key)
     # The same rules for every form and encoding; spam is stored and answered like a success (forms/spam.py).
-    reason = await run_in_threadpool(_guard(request).decide, parsed, new.email, new.ip)
+    reason = await _guard(request).decide(parsed, new.email, new.ip)
     new = replace(new, spam_reason=reason)
     try:
-        outcome = await run_in_threadpool(_store, new)
-    except SQLAlchemyError:
-        log.exception("database unavailable; submission not stored")
+        outcome = await request.app.state.group_commit.store(new)
+    except SQLAlchemyError:  # logged once for the whole batch (forms/group_commit.py)
         return _unavailable(html)
     if outcome.key_conflict:
         return _errors(422, {"Idempotency-Key": "This key was already used for a different submission."}, html, form)
-    logs.bind(submission_id=outcome.submission.id)  # on every line from here, and into the tasks it enqueues
-    log.info(
-        "submission %s: form=%s spam=%s",
-        "stored" if outcome.created else "replayed (same Idempotency-Key)",
-        new.form,
-        new.spam_reason or "no",
-    )
-    if outcome.created and not new.spam_reason:
-        await run_in_threadpool(enqueue_submission, outcome.submission.id)
-    return _accepted(form, outcome.submission.id, html, settings, request, new.page_url)
+    logs.bind(submission_id=outcome.submission_id)  # on every later line of this request
+    if not outcome.created:
+        log.info("submission replayed (same Idempotency-Key): form=%s", new.form)
+    return _accepted(form, outcome.submission_id, html, settings, request, new.page_url)
 
 
 def _guard(request: Request) -> SpamGuard:
@@ -87,9 +82,10 @@ def _guard(request: Request) -> SpamGuard:
     return guard
 
 
-def _store(new: NewSubmission) -> StoreOutcome:
+def store_batch(batch: Sequence[NewSubmission]) -> list[StoreOutcome]:
+    """The group commit's writer (forms/group_commit.py): one transaction for the whole batch."""
     with get_sessionmaker()() as session:
-        return store_submission(session, new)
+        return store_submissions(session, batch)
 
 
 def _header_text(request: Request, name: str, max_length: int) -> str | None:
@@ -158,6 +154,7 @@ def _accepted(
 
 
 def _errors(status: int, errors: dict[str, str], html: bool, form: str) -> Response:
+    log.info("post to %s refused (%d): %s", form[:40], status, ", ".join(sorted(errors)[:10]))  # names only
     if html:
         return render_errors(status, errors, form)
     return JSONResponse({"errors": errors}, status_code=status)

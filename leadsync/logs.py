@@ -201,6 +201,10 @@ def bind(**values: Any) -> None:
     structlog.contextvars.bind_contextvars(**{k: v for k, v in values.items() if v is not None})
 
 
+def unbind(*names: str) -> None:
+    structlog.contextvars.unbind_contextvars(*names)
+
+
 def clear() -> None:
     structlog.contextvars.clear_contextvars()
 

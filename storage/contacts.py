@@ -1,12 +1,13 @@
 """Finding the one contact row for a person, race-free across worker processes.
 
-Uniqueness lives in the database: `INSERT ... ON CONFLICT (email) DO NOTHING`, then the row is
+Uniqueness lives in the database: `INSERT ... ON CONFLICT (email) DO NOTHING`, then the rows are
 locked (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite serializes writers with `BEGIN IMMEDIATE`)
 so two workers merging submissions of one person take turns.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -36,21 +37,34 @@ def new_contact_values(email: str, now: datetime, **values: object) -> dict[str,
     }
 
 
-def lock_or_create_contact(session: Session, email: str, now: datetime) -> tuple[Contact, bool]:
-    """The locked contact for `email`, created if new; the flag says whether this call created it."""
+def lock_or_create_contacts(
+    session: Session, emails: Iterable[str], now: datetime
+) -> tuple[dict[str, Contact], set[str]]:
+    """The locked contact of each of `emails`, created when new; and which of them this call created.
+
+    Rows are created and locked in email order, the same order in every worker, so two workers with
+    overlapping batches wait for each other instead of deadlocking.
+    """
+    ordered = sorted(set(emails))
+    if not ordered:
+        return {}, set()
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
         insert(Contact)
-        .values(**new_contact_values(email, now))
+        .values([new_contact_values(email, now) for email in ordered])
         .on_conflict_do_nothing(index_elements=["email"])
-        .returning(Contact.id)
+        .returning(Contact.email)
     )
-    created = session.execute(statement).scalar() is not None  # RETURNING yields no row on conflict
-    contact = session.scalars(
-        select(Contact).where(Contact.email == email).with_for_update().execution_options(populate_existing=True)
-    ).one()
-    return contact, created
+    created = set(session.scalars(statement))  # RETURNING yields no row on conflict
+    contacts = session.scalars(
+        select(Contact)
+        .where(Contact.email.in_(ordered))
+        .order_by(Contact.email)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {contact.email: contact for contact in contacts}, created
 
 
 def set_newsletter_status(session: Session, claims: Claims, status: str, now: datetime) -> Contact | None:

@@ -31,9 +31,11 @@ from leadsync.worker import filesystem_broker
 QUEUES = ("intake", "email", "crm")
 TASK_ROUTES = {
     "leadsync.process_submission": {"queue": "intake"},
+    "leadsync.process_submissions": {"queue": "intake"},
     "leadsync.sweep": {"queue": "intake"},
     "leadsync.purge": {"queue": "intake"},
     "leadsync.send_email": {"queue": "email"},
+    "leadsync.send_emails": {"queue": "email"},
     "leadsync.flush_crm": {"queue": "crm"},
 }
 # Longest a task may run; the broker's visibility timeout must be longer, or Redis hands the

@@ -1,14 +1,17 @@
-"""Turning one stored submission into a contact and the actions it calls for, in one transaction.
+"""Turning stored submissions into contacts and the actions they call for, in one transaction.
 
 Example:
     >>> with session_scope() as session:
     ...     result = process_submission(session, submission_id, settings)
     >>> result.email_send_ids      # packet emails to enqueue after the commit
     ['9c1e...']
+    >>> with session_scope() as session:   # what the worker does with a group commit's message
+    ...     results = process_submissions(session, submission_ids, settings)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -17,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
-from leadsync.storage.contacts import lock_or_create_contact
+from leadsync.storage.contacts import lock_or_create_contacts
 from leadsync.storage.models import (
     Contact,
     CrmStatus,
@@ -36,7 +39,7 @@ from leadsync.worker.merge import (
     submission_values,
     subscribes,
 )
-from leadsync.worker.privacy import suppressed_before
+from leadsync.worker.privacy import suppressed_since
 
 PACKET = "info_packet"
 CONFIRM = "newsletter_confirm"
@@ -54,16 +57,53 @@ class IntakeResult:
 def process_submission(
     session: Session, submission_id: str, settings: Settings, now: datetime | None = None
 ) -> IntakeResult:
-    """Dedupe, merge and decide; the caller commits. Safe to run twice: the second run skips."""
-    now = now or utcnow()
-    submission = session.scalars(select(Submission).where(Submission.id == submission_id).with_for_update()).first()
-    if submission is None or submission.status != SubmissionStatus.PENDING:
-        return IntakeResult(skipped=True)
-    if suppressed_before(session, submission.email, submission.received_at):
-        session.delete(submission)  # in flight when the person was forgotten: it must not bring them back
-        return IntakeResult(skipped=True)
+    """Dedupe, merge and decide one submission; the caller commits. Safe to run twice: the second run skips."""
+    return process_submissions(session, [submission_id], settings, now)[0]
 
-    contact, created = lock_or_create_contact(session, submission.email, now)
+
+def process_submissions(
+    session: Session, submission_ids: Sequence[str], settings: Settings, now: datetime | None = None
+) -> list[IntakeResult]:
+    """The same, for many submissions in one transaction: one result each, in the order of the ids.
+
+    Each is decided exactly as it would be alone, oldest first, but the rows it needs are read a
+    batch at a time (a handful of queries for the whole batch instead of ten a submission).
+    """
+    now = now or utcnow()
+    results = {submission_id: IntakeResult(skipped=True) for submission_id in submission_ids}
+    submissions = session.scalars(
+        select(Submission)
+        .where(Submission.id.in_(list(results)), Submission.status == SubmissionStatus.PENDING)
+        .order_by(Submission.received_at, Submission.id)  # one lock order for every worker: no deadlock
+        .with_for_update()
+    ).all()
+    forgotten = suppressed_since(session, {submission.email for submission in submissions})
+    live = []
+    for submission in submissions:
+        if submission.email in forgotten and submission.received_at <= forgotten[submission.email]:
+            session.delete(submission)  # in flight when the person was forgotten: it must not bring them back
+        else:
+            live.append(submission)
+
+    contacts, created = lock_or_create_contacts(session, {submission.email for submission in live}, now)
+    history = EmailHistory.load(session, [contact.id for contact in contacts.values()], now)
+    for submission in live:
+        contact = contacts[submission.email]
+        first = submission.email in created
+        created.discard(submission.email)  # a second submission of a new person merges into it
+        results[submission.id] = _apply(session, submission, contact, first, history, settings, now)
+    return [results[submission_id] for submission_id in submission_ids]
+
+
+def _apply(
+    session: Session,
+    submission: Submission,
+    contact: Contact,
+    created: bool,
+    history: EmailHistory,
+    settings: Settings,
+    now: datetime,
+) -> IntakeResult:
     crm_changed = _merge_into(contact, submission) or created
     result = IntakeResult(contact_id=contact.id, contact_created=created)
 
@@ -71,7 +111,7 @@ def process_submission(
         contact.packet_requested_at = submission.received_at
         crm_changed = True
         window = timedelta(days=settings.packet_resend_window_days)
-        send = _queue_email(session, PACKET, contact, submission, now, window, settings)
+        send = _queue_email(session, PACKET, contact, submission, now, window, history, settings)
         if send is not None:
             result.email_send_ids.append(send.id)
 
@@ -81,7 +121,7 @@ def process_submission(
         if contact.newsletter_status != "pending":
             contact.newsletter_status, crm_changed = "pending", True
         window = timedelta(hours=settings.optin_resend_window_hours)
-        send = _queue_email(session, CONFIRM, contact, submission, now, window, settings)
+        send = _queue_email(session, CONFIRM, contact, submission, now, window, history, settings)
         if send is not None:
             result.email_send_ids.append(send.id)
 
@@ -121,22 +161,18 @@ def _queue_email(
     submission: Submission,
     now: datetime,
     window: timedelta,
+    history: EmailHistory,
     settings: Settings,
 ) -> EmailSend | None:
-    """Queue an email of `kind` unless one was queued or sent within `window`.
+    """Queue an email of `kind` unless one was queued or sent within `window`, or the daily cap is reached.
 
     The contact row is locked by the caller, so two workers cannot both find "none yet".
     """
-    last = session.scalar(
-        select(func.max(EmailSend.created_at)).where(
-            EmailSend.contact_id == contact.id,
-            EmailSend.kind == kind,
-            EmailSend.status != EmailStatus.FAILED,
-        )
-    )
-    if not packet_due(last, now, window):
+    if not packet_due(history.last(contact.id, kind), now, window):
         return None
-    if _daily_cap_reached(session, contact, now, settings):
+    # EMAIL_DAILY_CAP_PER_RECIPIENT: the per-kind windows each allow one email, but kinds add up, and a
+    # window set to 0 allows any number; whatever gets through the spam rules, nobody gets more a day.
+    if history.today(contact.id) >= settings.email_daily_cap_per_recipient:
         return None
     send_id = new_id()
     domain = parseaddr(settings.mail_from)[1].rpartition("@")[2] or "leadsync.local"
@@ -150,20 +186,41 @@ def _queue_email(
         created_at=now,
     )
     session.add(send)
+    history.record(contact.id, kind, now)
     return send
 
 
-def _daily_cap_reached(session: Session, contact: Contact, now: datetime, settings: Settings) -> bool:
-    """EMAIL_DAILY_CAP_PER_RECIPIENT emails of any kind already went to this address in the last 24 hours.
+@dataclass
+class EmailHistory:
+    """The emails (not failed) already queued or sent to the batch's contacts: the last of each kind, and
+    how many in the last 24 hours. Read in two queries, then kept up to date as the batch queues more."""
 
-    Why: the per-kind windows each allow one email, but kinds add up, and a window set to 0 allows any number;
-    whatever gets through the forms' spam rules, nobody receives more than the cap from us in a day.
-    """
-    sent = session.scalar(
-        select(func.count()).where(
-            EmailSend.contact_id == contact.id,
-            EmailSend.created_at > now - timedelta(days=1),
-            EmailSend.status != EmailStatus.FAILED,
+    last_by_kind: dict[tuple[int, str], datetime] = field(default_factory=dict)
+    last_day: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, session: Session, contact_ids: list[int], now: datetime) -> EmailHistory:
+        if not contact_ids:
+            return cls()
+        mine = (EmailSend.contact_id.in_(contact_ids), EmailSend.status != EmailStatus.FAILED)
+        last = session.execute(
+            select(EmailSend.contact_id, EmailSend.kind, func.max(EmailSend.created_at))
+            .where(*mine)
+            .group_by(EmailSend.contact_id, EmailSend.kind)
         )
-    )
-    return (sent or 0) >= settings.email_daily_cap_per_recipient
+        day = session.execute(
+            select(EmailSend.contact_id, func.count())
+            .where(*mine, EmailSend.created_at > now - timedelta(days=1))
+            .group_by(EmailSend.contact_id)
+        )
+        return cls({(cid, kind): at for cid, kind, at in last}, {cid: count for cid, count in day})
+
+    def last(self, contact_id: int, kind: str) -> datetime | None:
+        return self.last_by_kind.get((contact_id, kind))
+
+    def today(self, contact_id: int) -> int:
+        return self.last_day.get(contact_id, 0)
+
+    def record(self, contact_id: int, kind: str, at: datetime) -> None:
+        self.last_by_kind[(contact_id, kind)] = at
+        self.last_day[contact_id] = self.today(contact_id) + 1

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,10 +95,14 @@ def forget(session: Session, email: str, now: datetime | None = None) -> Forgott
     return Forgotten(contact is not None or bool(submission_ids), len(submission_ids), len(send_ids), hubspot_id)
 
 
-def suppressed_before(session: Session, email: str, received_at: datetime) -> bool:
-    """True when the person was forgotten after this submission arrived (it was in flight then)."""
-    entry = session.get(Suppression, email_hash(email))
-    return entry is not None and received_at <= entry.created_at
+def suppressed_since(session: Session, emails: Iterable[str]) -> dict[str, datetime]:
+    """When each forgotten one of `emails` was forgotten: a submission received before that was in flight
+    then, and must not bring them back."""
+    by_hash = {email_hash(email): email for email in emails}
+    if not by_hash:
+        return {}
+    entries = session.scalars(select(Suppression).where(Suppression.email_hash.in_(list(by_hash))))
+    return {by_hash[entry.email_hash]: entry.created_at for entry in entries}
 
 
 def purge_old_submissions(session: Session, retention_days: float, now: datetime | None = None) -> int:

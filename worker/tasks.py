@@ -15,7 +15,7 @@ from celery.signals import worker_process_init, worker_ready
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from leadsync import metrics
+from leadsync import logs, metrics
 from leadsync.config import get_settings
 from leadsync.storage.db import get_engine, get_sessionmaker, session_scope
 from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus, utcnow
@@ -25,8 +25,10 @@ from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.mapping import Mapping, load_mapping
 from leadsync.worker.crm.ratelimit import limiter_from_settings
 from leadsync.worker.crm.sync import flush_pending
+from leadsync.worker.intake import IntakeResult
 from leadsync.worker.intake import process_submission as process_submission_rule
-from leadsync.worker.mail.sending import backoff, deliver
+from leadsync.worker.intake import process_submissions as process_submissions_rule
+from leadsync.worker.mail.sending import Delivery, backoff, deliver
 from leadsync.worker.mail.transport import MailTransport, transport_from_settings
 from leadsync.worker.privacy import purge_old_submissions
 from leadsync.worker.sweeper import find_due_work, mark_published
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 UNEXPECTED_ERROR_RETRIES = 3
+SWEEP_BATCH = 100  # submissions a message when the sweeper publishes again
 
 
 def _give_up(kind: str, ref: str, task: str, error: Exception, attempts: int) -> None:
@@ -110,6 +113,61 @@ def process_submission(self: Task, submission_id: str) -> dict[str, Any]:
     return {"skipped": result.skipped, "contact_id": result.contact_id, "emails": result.email_send_ids}
 
 
+@app.task(name="leadsync.process_submissions", bind=True, max_retries=None)
+def process_submissions(self: Task, submission_ids: list[str]) -> dict[str, int]:
+    """Many submissions from one message (the web's group commit), in one transaction.
+
+    The database being away brings the message back whole; any other error hands each submission to
+    `process_submission`, so the one at fault meets its retries and dead letter alone.
+    """
+    try:
+        with session_scope() as session:
+            results = process_submissions_rule(session, submission_ids, get_settings())
+    except OperationalError as error:  # includes a deadlock PostgreSQL broke: nothing was written
+        raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
+    except Exception:
+        log.exception("a batch of %d submissions failed; retrying them one by one", len(submission_ids))
+        for submission_id in submission_ids:
+            signatures.enqueue_submission(submission_id)
+        return {"processed": 0, "emails": 0}
+    for submission_id, result in zip(submission_ids, results, strict=True):
+        logs.bind(submission_id=submission_id)  # one line a lead, so its id can be followed through the batch
+        log.info("submission %s: %s", submission_id, _intake_summary(result))
+    logs.unbind("submission_id")  # the emails message is the batch's, not the last submission's
+    emails = [send_id for result in results for send_id in result.email_send_ids]
+    signatures.enqueue_emails(emails)
+    return {"processed": sum(not result.skipped for result in results), "emails": len(emails)}
+
+
+def _intake_summary(result: IntakeResult) -> str:
+    if result.skipped:
+        return "skipped (processed before, or forgotten)"
+    person = "new contact" if result.contact_created else "merged into contact"
+    return f"{person} {result.contact_id}, {len(result.email_send_ids)} email(s) queued"
+
+
+@app.task(name="leadsync.send_emails")
+def send_emails(send_ids: list[str]) -> dict[str, int]:
+    """Many queued emails from one message; one needing a retry or failing oddly goes on alone to `send_email`."""
+    transport, settings, done = mail_transport(), get_settings(), 0
+    for send_id in send_ids:
+        logs.unbind("submission_id")
+        logs.bind(email_send_id=send_id)
+        try:
+            delivery = deliver(get_sessionmaker(), send_id, transport, settings)
+        except Exception:
+            log.exception("email %s failed in a batch; retrying it on its own", send_id)
+            signatures.enqueue_email(send_id)
+            continue
+        _log_delivery(send_id, delivery)
+        if delivery.status == "retry":
+            signatures.enqueue_email(send_id, countdown=delivery.retry_in)
+        elif delivery.status != "failed":
+            done += 1  # sent, or nothing to do (already sent)
+    logs.unbind("email_send_id", "submission_id")
+    return {"done": done}
+
+
 @app.task(name="leadsync.send_email", bind=True, max_retries=None)
 def send_email(self: Task, send_id: str) -> str:
     """Send one queued email; temporary failures come back after a jittered backoff."""
@@ -122,12 +180,17 @@ def send_email(self: Task, send_id: str) -> str:
             raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
         _give_up("email", send_id, self.name, error, self.request.retries + 1)
         raise
+    _log_delivery(send_id, delivery)
+    if delivery.status == "retry":
+        raise self.retry(countdown=delivery.retry_in)
+    return delivery.status
+
+
+def _log_delivery(send_id: str, delivery: Delivery) -> None:
     if delivery.status == "retry":
         log.warning("email %s: temporary failure, retrying in %.0fs: %s", send_id, delivery.retry_in, delivery.error)
-        raise self.retry(countdown=delivery.retry_in)
-    if delivery.status == "failed":
+    elif delivery.status == "failed":
         log.error("email %s failed: %s", send_id, delivery.error)
-    return delivery.status
 
 
 @app.task(name="leadsync.flush_crm")
@@ -154,7 +217,8 @@ def sweep() -> dict[str, int]:
     now = utcnow()
     with session_scope() as session:
         due = find_due_work(session, now, get_settings())
-    published = [sid for sid in due.submissions if signatures.enqueue_submission(sid)]
+    batches = [due.submissions[i : i + SWEEP_BATCH] for i in range(0, len(due.submissions), SWEEP_BATCH)]
+    published = [sid for batch in batches if signatures.enqueue_submissions(batch) for sid in batch]
     emails = [eid for eid in due.emails if signatures.enqueue_email(eid)]
     mark_published(get_sessionmaker(), now, published, emails)
     return {"submissions": len(published), "emails": len(emails)}

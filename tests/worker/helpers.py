@@ -32,9 +32,9 @@ def submit(form: str, received_at: datetime | None = None, **data: Any) -> str:
             ),
         )
         if received_at is not None:
-            session.get_one(Submission, outcome.submission.id).received_at = received_at
+            session.get_one(Submission, outcome.submission_id).received_at = received_at
             session.commit()
-        return outcome.submission.id
+        return outcome.submission_id
 
 
 def process(submission_id: str, settings: Any) -> IntakeResult:

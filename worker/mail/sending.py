@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +28,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
+from leadsync import logs
 from leadsync.config import Settings
 from leadsync.storage.models import Contact, EmailAttempt, EmailSend, EmailStatus, utcnow
 from leadsync.worker import dead_letters
 from leadsync.worker.mail.compose import compose
 from leadsync.worker.mail.transport import MailTransport, PermanentMailError, TemporaryMailError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ def deliver(
         if not claim(session, send_id, now, timedelta(seconds=settings.email_claim_lease_seconds)):
             return Delivery("skipped")
         send = session.get_one(EmailSend, send_id)
+        logs.bind(submission_id=send.submission_id)  # the lead's id on this email's lines, even in a batch
         contact = session.get_one(Contact, send.contact_id)
         attempt = EmailAttempt(send_id=send_id, attempt=send.attempts, started_at=now)
         session.add(attempt)
@@ -91,6 +96,7 @@ def deliver(
         _record(session_factory, send_id, attempt_id, error, delay)
         return Delivery(EmailStatus.FAILED if permanent else EmailStatus.RETRY, delay, str(error))
     _record(session_factory, send_id, attempt_id, None, None)
+    log.info("email %s sent (attempt %d)", send_id, attempts)
     return Delivery(EmailStatus.SENT)
 
 
