@@ -157,6 +157,7 @@ class EmailSend(Base):
     __table_args__ = (
         Index("ix_email_sends_contact_kind", "contact_id", "kind", "created_at"),
         Index("ix_email_sends_status", "status", "created_at"),
+        Index("ix_email_sends_submission", "submission_id"),  # deleting a submission checks this foreign key
     )
 
 

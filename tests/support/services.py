@@ -145,7 +145,7 @@ def _make_temp_dir(prefix: str, owner: pwd.struct_passwd | None = None) -> Path:
     return path
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Pids of every process below ``root`` (Linux /proc), children first."""
     children: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
@@ -188,7 +188,7 @@ def _kill_tree(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGSTOP)
-    kids = _descendants(proc.pid)
+    kids = descendants(proc.pid)
     for pid in kids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -483,6 +483,9 @@ class RedisServer(_ProcessServer):
 class PostgresServer(_ProcessServer):
     """PostgreSQL on 127.0.0.1 from a fresh ``initdb`` cluster: trust auth, fsync off.
 
+    ``durable=True`` keeps PostgreSQL's own defaults (fsync, synchronous commit), for benchmarks
+    whose figures must include the cost of a commit that survives a power cut.
+
     The cluster is made once per instance (about half a second) and survives stop/restart/kill;
     ``close()`` deletes it. The unix socket lives in the temp dir, the superuser is ``postgres``.
     """
@@ -492,7 +495,8 @@ class PostgresServer(_ProcessServer):
     user = "postgres"
     dbname = "postgres"
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, durable: bool = False) -> None:
+        self.durable = durable
         self.initdb_binary = _require_binary("initdb")
         # The server must come from the same version as initdb (PATH may hold a symlink).
         sibling = Path(os.path.realpath(self.initdb_binary)).with_name("postgres")
@@ -557,13 +561,12 @@ class PostgresServer(_ProcessServer):
         settings = {
             "listen_addresses": self.host,
             "unix_socket_directories": str(self.dir),
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "logging_collector": "off",
             "TimeZone": "UTC",
             "log_timezone": "UTC",
         }
+        if not self.durable:  # tests need speed, not crash safety
+            settings.update({"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
         command = [self.binary, "-D", str(self.data_dir), "-p", str(self.port)]
         for key, value in settings.items():
             command += ["-c", f"{key}={value}"]

@@ -1,0 +1,1 @@
+"""Reference servers for bench/intake.py: the ceiling of the server stack and the usual tutorial stack."""
