@@ -1,7 +1,7 @@
 """The form endpoints: validate, decide spam, store durably, answer. Nothing else runs in the request.
 
 Storing goes through the app's group commit (forms/group_commit.py): requests that arrive together
-share one transaction, and their submissions reach the broker a batch a message after the answer.
+share one transaction, published to the broker as one message right after the commit, before the answers.
 
 Example (JSON):
     POST /forms/info-packet  {"email": "ann@example.org", "first_name": "Ann"}

@@ -92,12 +92,14 @@ def store_submissions(session: Session, batch: Sequence[NewSubmission]) -> list[
         session.commit()
     except IntegrityError:
         session.rollback()
-        if not keys or len(batch) == 1:
-            # One submission alone: two requests with the same key raced and the unique index let one in.
-            if len(batch) == 1 and batch[0].idempotency_key:
-                return [_replay(_first_with_key(session, batch[0].idempotency_key), batch[0])]
+        if not keys:
             raise
-        return [store_submissions(session, [new])[0] for new in batch]
+        if len(batch) > 1:  # find the one that raced, each on its own
+            return [store_submission(session, new) for new in batch]
+        # Alone: another process stored the same key at the same moment; the unique index let that one in.
+        key = batch[0].idempotency_key
+        assert key is not None
+        return [_replay(_first_with_key(session, key), batch[0])]
     return outcomes
 
 
