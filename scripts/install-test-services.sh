@@ -55,6 +55,8 @@ find_pg_bindir >/dev/null || missing+=(postgresql)
 command -v promtool >/dev/null || missing+=(prometheus)
 # Validates docker-compose.yml without a Docker engine (`docker-compose config -q`).
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+# Installs axe-core (tests/browser/package-lock.json) for the accessibility tests.
+command -v npm >/dev/null || missing+=(npm)
 
 if ((${#missing[@]} > 0)); then
     if [[ "$(id -u)" != 0 ]]; then
