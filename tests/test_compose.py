@@ -146,3 +146,43 @@ def test_compose_commands_are_real_leadsync_commands(name: str) -> None:
         [sys.executable, "-m", "leadsync", *subcommand, "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0, (name, result.stderr)
+
+
+def _pins(lock: Path) -> dict[str, tuple[str, int]]:
+    """name -> (version, number of hashes) of each `name==version` in a pip lock file."""
+    text = lock.read_text()
+    pins = {}
+    for match in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)[^\n\\]*((?:\\\n\s+--hash=sha256:[0-9a-f]{64}\s*)*)", text, re.M):
+        name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+        pins[name] = (match.group(2), match.group(3).count("--hash="))
+    return pins
+
+
+@pytest.mark.parametrize(("lock", "extras"), [("runtime.txt", ()), ("test.txt", ("test",))])
+def test_the_lock_files_pin_every_dependency_with_hashes_within_pyprojects_ranges(lock: str, extras: tuple) -> None:
+    """A stale lock (a dependency added or a floor raised without `scripts/lock`) fails here, not in the image."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(dep for extra in extras for dep in project["optional-dependencies"][extra])]
+    wanted += ["setuptools>=69", "wheel"]  # the build backend (requirements/build.in): the image builds offline
+    pins = _pins(ROOT / "requirements" / lock)
+    assert all(count >= 1 for _, count in pins.values()), "every pin needs its hashes (--generate-hashes)"
+    for line in wanted:
+        requirement = Requirement(line)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{name} is not in requirements/{lock}: run scripts/lock"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (line, pins[name][0])
+
+
+def test_the_image_and_the_test_setup_install_from_the_lock_files() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes -r requirements/runtime.txt" in dockerfile
+    assert "pip install --no-deps --no-build-isolation ." in dockerfile
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert 'pip install --quiet --require-hashes -r "$LOCK"' in bootstrap
+    assert 'LOCK="$ROOT/requirements/test.txt"' in bootstrap
+    # A pulled lock change re-installs: the stamp hashes the lock files too.
+    assert '"$ROOT"/requirements/*.txt | sha256sum' in bootstrap
