@@ -150,9 +150,9 @@ def test_compose_commands_are_real_leadsync_commands(name: str) -> None:
 
 def _pins(lock: Path) -> dict[str, tuple[str, int]]:
     """name -> (version, number of hashes) of each `name==version` in a pip lock file."""
-    text = lock.read_text()
+    pin = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)[^\n\\]*((?:\\\n\s+--hash=sha256:[0-9a-f]{64}\s*)*)", re.M)
     pins = {}
-    for match in re.finditer(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)[^\n\\]*((?:\\\n\s+--hash=sha256:[0-9a-f]{64}\s*)*)", text, re.M):
+    for match in pin.finditer(lock.read_text()):
         name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
         pins[name] = (match.group(2), match.group(3).count("--hash="))
     return pins
