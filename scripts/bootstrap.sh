@@ -1,5 +1,7 @@
-# Sourced by scripts/dev and scripts/test: makes .venv with Python 3.11+ and installs leadsync into it.
-# Re-installs only when pyproject.toml changed. Usage: source scripts/bootstrap.sh [extras]
+# Sourced by scripts/dev and scripts/test: makes .venv with Python 3.11+ and installs leadsync into it from the
+# lock files with hashes (requirements/runtime.txt, or requirements/test.txt when the extras include `test`;
+# scripts/lock refreshes them). Extras that are not locked (bench) are resolved on top, keeping the locked pins.
+# Re-installs only when pyproject.toml or a lock file changed. Usage: source scripts/bootstrap.sh [extras]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,10 +37,22 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 
-stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)${EXTRAS:+-$EXTRAS}"
+case ",$EXTRAS," in
+  *,test,*) LOCK="$ROOT/requirements/test.txt" ;;
+  *) LOCK="$ROOT/requirements/runtime.txt" ;;
+esac
+# The stamp names what was installed: a changed pyproject.toml or lock file (a pull, a refresh) re-installs.
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT"/requirements/*.txt | sha256sum | cut -c1-16)${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+  # Exactly the locked versions, each checked against its hash (the build backend included: no build isolation,
+  # so nothing unpinned is fetched to build leadsync itself).
+  "$VENV/bin/python" -m pip install --quiet --require-hashes -r "$LOCK"
+  "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT"
+  unlocked="$(tr ',' '\n' <<<"$EXTRAS" | grep -vx -e test -e '' | paste -sd, || true)"
+  if [ -n "$unlocked" ]; then
+    "$VENV/bin/python" -m pip install --quiet --no-build-isolation -e "$ROOT[$unlocked]"
+  fi
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

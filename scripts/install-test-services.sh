@@ -13,8 +13,10 @@
 #   what to install and exits 1.
 #
 # Debian 12 paths: /usr/bin/redis-server (package redis-server),
-# /usr/lib/postgresql/15/bin/{initdb,postgres} (package postgresql -> postgresql-15),
-# /usr/bin/chromium (package chromium), /usr/bin/promtool (package prometheus).
+# /usr/lib/postgresql/15/bin/{initdb,postgres,pg_dump,pg_restore} (package postgresql -> postgresql-15),
+# /usr/bin/chromium (package chromium), /usr/bin/promtool (package prometheus),
+# /usr/sbin/nginx (nginx-light), /usr/bin/envsubst (gettext-base), /usr/bin/openssl (openssl),
+# /usr/bin/spamassassin (spamassassin).
 set -euo pipefail
 
 log() { printf 'install-test-services: %s\n' "$*"; }
@@ -57,6 +59,14 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 # Installs axe-core (tests/browser/package-lock.json) for the accessibility tests.
 command -v npm >/dev/null || missing+=(npm)
+# The production rehearsal (tests/deploy): Debian's nginx runs the compose file's proxy template, rendered by
+# envsubst as the official nginx image does, with a throwaway certificate from openssl. nginx-light's own
+# service is never started (policy-rc.d below); the tests run nginx as an unprivileged user on free ports.
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx-light)
+command -v envsubst >/dev/null || missing+=(gettext-base)
+command -v openssl >/dev/null || missing+=(openssl)
+# Scores the packet emails as a receiving mail server would (the mail tests).
+command -v spamassassin >/dev/null || missing+=(spamassassin)
 
 if ((${#missing[@]} > 0)); then
     if [[ "$(id -u)" != 0 ]]; then
@@ -104,3 +114,7 @@ log "postgres:     $pg_bindir ($("$pg_bindir/postgres" --version))"
 log "chromium:     $chromium ($("$chromium" --version 2>/dev/null || echo 'version unknown'))"
 log "promtool:     $(command -v promtool) ($(promtool --version 2>&1 | head -1))"
 log "compose:      $(command -v docker-compose) ($(docker-compose version --short 2>/dev/null))"
+nginx="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
+log "nginx:        $nginx ($("$nginx" -v 2>&1 | sed 's/^nginx version: //'))"
+log "envsubst:     $(command -v envsubst); openssl: $(command -v openssl) ($(openssl version | cut -d' ' -f1-2))"
+log "spamassassin: $(command -v spamassassin) ($(spamassassin --version 2>/dev/null | head -1 | grep -o '[0-9][0-9.]*' | head -1))"
