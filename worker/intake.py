@@ -193,6 +193,11 @@ def _queue_email(
     return send
 
 
+ADVISORY_LOCKS = (
+    "SELECT count(pg_advisory_xact_lock(lock)) FROM (SELECT unnest(CAST(:locks AS bigint[])) AS lock ORDER BY lock) s"
+)
+
+
 @dataclass
 class EmailHistory:
     """The emails (not failed) already queued or sent to the batch's contacts: the last of each kind per
@@ -213,8 +218,9 @@ class EmailHistory:
             # Two workers with victim+1@ and victim+2@ in their batches hold different contact rows: a lock
             # per mailbox (sorted, taken last: no deadlock) makes the second count after the first commits.
             # SQLite needs none: the batch has written already, and SQLite has one writer at a time.
-            for mailbox in keys:
-                session.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": int(mailbox[:15], 16)})
+            # One statement for the whole batch (up to INTAKE_BATCH_MAX locks, in ascending order).
+            locks = sorted({int(mailbox[:15], 16) for mailbox in keys})  # 60 bits: fits PostgreSQL's bigint
+            session.execute(text(ADVISORY_LOCKS), {"locks": locks})
         ids = list(mailboxes)
         not_failed = EmailSend.status != EmailStatus.FAILED
         last = session.execute(
