@@ -13,7 +13,6 @@ leadsync status [--json]     the state of queues, emails and CRM sync; exit 1 wh
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 import click
 
+from leadsync import serving
 from leadsync.config import get_settings
 
 
@@ -85,7 +85,7 @@ def dev(host: str, port: int) -> None:
     # Python's default SIGTERM action the process died there, before `finally`, and left the worker running.
     # Found handlers that raise SystemExit instead: uvicorn's graceful stop, then ours below.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_on_signal)
+        signal.signal(signum, serving.exit_on_signal)
     try:
         import uvicorn
 
@@ -98,37 +98,10 @@ def dev(host: str, port: int) -> None:
             port=port,
             log_level="info",
             log_config=uvicorn_log_config(settings.log_format, settings.log_level),
-            **_proxy_options(settings),
+            **serving.proxy_options(settings),
         )
     finally:
-        _stop_group(worker, grace=DEV_STOP_GRACE_SECONDS)
-
-
-# A Celery warm shutdown waits for running tasks (an SMTP send times out after SMTP_TIMEOUT, 15 s): 7 s, then
-# SIGKILL, keeps `leadsync dev` inside the 10 s a process manager waits before killing it.
-DEV_STOP_GRACE_SECONDS = 7.0
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM `process`'s group, wait `grace` seconds, then SIGKILL whatever of the group is left."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # pool children and beat too, should the main one be gone
-    process.wait()
-
-
-def _proxy_options(settings: Any) -> dict[str, Any]:
-    """uvicorn believes X-Forwarded-For / -Proto only from FORWARDED_ALLOW_IPS, so request.client is the
-    visitor's address behind a trusted proxy, and a direct client cannot claim another one."""
-    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
+        serving.stop_group(worker, grace=serving.DEV_STOP_GRACE_SECONDS)
 
 
 @main.command()
@@ -179,7 +152,7 @@ def web(host: str, port: int, workers: int) -> None:
         # limit uvicorn answers 503 at once instead of queuing without bound. Each uvicorn worker counts alone.
         timeout_keep_alive=settings.web_keepalive_seconds,
         limit_concurrency=settings.web_limit_concurrency,
-        **_proxy_options(settings),
+        **serving.proxy_options(settings),
     )
 
 
