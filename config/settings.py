@@ -147,6 +147,18 @@ class Settings(BaseSettings):
             parse(value)
         return value.strip()
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        """Each entry an address, a network or "*": a typo would silently trust nobody (or the wrong host)."""
+        import ipaddress
+
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # ValueError names the entry
+        return ",".join(entries)
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Like pydantic's, but passwords inside DATABASE_URL / BROKER_URL are masked too."""
         for name, value in super().__repr_args__():

@@ -164,3 +164,10 @@ def test_signing_keys_come_only_from_the_secret(tmp_path: Path) -> None:
     dev = Settings(_env_file=None, var_dir=tmp_path, dev_mode=True)
     assert dev.signing_key == Settings(_env_file=None, var_dir=tmp_path, dev_mode=True).signing_key  # kept once
     assert (tmp_path / "form-token-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_forwarded_allow_ips_takes_addresses_and_networks_and_refuses_a_typo() -> None:
+    trusted = Settings(_env_file=None, forwarded_allow_ips=" 172.28.0.0/16, 127.0.0.1 ")
+    assert trusted.forwarded_allow_ips == "172.28.0.0/16,127.0.0.1"
+    with pytest.raises(ValueError, match="proxy.internal"):
+        Settings(_env_file=None, forwarded_allow_ips="proxy.internal")  # uvicorn matches addresses, not names
