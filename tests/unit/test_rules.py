@@ -169,5 +169,5 @@ def test_signing_keys_come_only_from_the_secret(tmp_path: Path) -> None:
 def test_forwarded_allow_ips_takes_addresses_and_networks_and_refuses_a_typo() -> None:
     trusted = Settings(_env_file=None, forwarded_allow_ips=" 172.28.0.0/16, 127.0.0.1 ")
     assert trusted.forwarded_allow_ips == "172.28.0.0/16,127.0.0.1"
-    with pytest.raises(ValueError, match="proxy.internal"):
+    with pytest.raises(ValueError, match=r"proxy\.internal"):
         Settings(_env_file=None, forwarded_allow_ips="proxy.internal")  # uvicorn matches addresses, not names
