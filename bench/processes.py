@@ -93,6 +93,10 @@ class Services:
             "BROKER_URL": self.redis_url(redis_db),
             "HUBSPOT_ACCESS_TOKEN": "",
             "SMTP_HOST": "",
+            # No SMTP_HOST: the embedded outbox, which only dev mode may start with; a fixed secret, since
+            # `leadsync web|worker` refuse to start without one (README, Commands).
+            "DEV_MODE": "1",
+            "FORM_TOKEN_SECRET": "bench-form-token-secret-0123456789abcdef",
             "PYTHONUNBUFFERED": "1",
         }
         env.update(overrides)

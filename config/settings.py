@@ -11,8 +11,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
+import secrets
+import time
 from collections.abc import Iterator
 from functools import lru_cache
 from importlib.resources import files
@@ -74,12 +76,17 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     thank_you_url: str = "/thank-you"
     allowed_origins: Annotated[list[str], NoDecode] = []
+    # Operations endpoints (/metrics) and state-changing commands. Unset: /metrics answers 403 (fails closed).
     ops_token: SecretStr | None = None
     max_body_bytes: int = 64 * 1024
+    # The demo page at /, and the one-machine shortcuts: no FORM_TOKEN_SECRET or SMTP_HOST needed (a secret is
+    # generated under VAR_DIR). `leadsync dev` sets it for itself and its worker; `leadsync check` flags it.
     dev_mode: bool = False
-    # The forms' render-time token (forms/tokens.py). Unset secret: derived from DATABASE_URL, so every
-    # process of one deployment agrees without configuration; set it to keep it apart from the database.
+    # Signs the email links (confirm, unsubscribe) and the forms' render-time token; at least 32 bytes
+    # (`openssl rand -base64 48`). `leadsync web|worker|beat` refuse to start without it outside dev mode.
     form_token_secret: SecretStr | None = None
+    # Rotation: the secrets used before, comma separated. They still verify links and tokens, never sign.
+    form_token_secret_previous: SecretStr | None = None
     form_min_fill_seconds: float = Field(2.0, ge=0, description="a token younger than this makes a post spam")
     form_token_max_age_seconds: float = Field(86400.0, gt=0, description="an older token makes a post spam")
     # Abuse limits (forms/spam.py), in `limits` notation ("20 per 10 minutes"); empty = off. Over a limit a
@@ -87,10 +94,20 @@ class Settings(BaseSettings):
     # broker is Redis, else in process memory (the embedded default: each web process counts alone).
     rate_limit_per_ip: str = "20 per 10 minutes"
     rate_limit_per_email: str = "5 per hour"
+    # Confirm / unsubscribe link clicks (GET page and POST) from one client address; over it: a 429 page.
+    rate_limit_links_per_ip: str = "30 per 10 minutes"
     rate_limit_storage_url: str = ""  # "redis://...", "memory://"; default: the Redis broker, else memory
     block_disposable_emails: bool = True
     phone_default_region: str = Field("US", min_length=2, max_length=2, description="for numbers without +")
     email_daily_cap_per_recipient: int = Field(3, ge=1, description="emails of any kind to one address a day")
+
+    # uvicorn in `leadsync web` / `leadsync dev`. X-Forwarded-For / -Proto are believed only from these proxy
+    # addresses or networks (comma list); the per-IP limit then counts the visitor's address. "*" trusts anyone.
+    forwarded_allow_ips: str = "127.0.0.1"
+    web_keepalive_seconds: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after it")
+    # Connections + tasks beyond this are answered 503 at once instead of queuing without bound (a post takes
+    # ~2 ms, docs/benchmarks.md: 1000 in flight is far past what 2 cores serve, and far below the fd limit).
+    web_limit_concurrency: int = Field(1000, ge=1, description="open connections + tasks before uvicorn says 503")
 
     raw_retention_days: float = Field(365.0, gt=0, description="raw submissions older than this are purged")
 
@@ -121,7 +138,7 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return (value or "").strip() or None
 
-    @field_validator("rate_limit_per_ip", "rate_limit_per_email")
+    @field_validator("rate_limit_per_ip", "rate_limit_per_email", "rate_limit_links_per_ip")
     @classmethod
     def _check_limit(cls, value: str) -> str:
         if value.strip():
@@ -129,6 +146,18 @@ class Settings(BaseSettings):
 
             parse(value)
         return value.strip()
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        """Each entry an address, a network or "*": a typo would silently trust nobody (or the wrong host)."""
+        import ipaddress
+
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # ValueError names the entry
+        return ",".join(entries)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Like pydantic's, but passwords inside DATABASE_URL / BROKER_URL are masked too."""
@@ -148,20 +177,66 @@ class Settings(BaseSettings):
         return self.var_dir / "outbox"
 
     @property
-    def form_token_key(self) -> bytes:
-        """The HMAC key for form tokens: the configured secret, else one derived from the database URL."""
-        if self.form_token_secret and self.form_token_secret.get_secret_value():
-            return self.form_token_secret.get_secret_value().encode()
-        return hashlib.sha256(f"leadsync form token|{self.sqlalchemy_url}".encode()).digest()
+    def signing_keys(self) -> list[bytes]:
+        """Every key that verifies a link or form token: FORM_TOKEN_SECRET first, then FORM_TOKEN_SECRET_PREVIOUS.
+
+        Never derived from anything public (the database URL was, and links could be forged from it). Without a
+        secret: in dev mode the one generated under VAR_DIR, else MissingSecret (the processes refuse to start
+        before it comes to that: leadsync/preflight.py).
+        """
+        current = _secret(self.form_token_secret)
+        if not current:
+            if not self.dev_mode:
+                raise MissingSecret("FORM_TOKEN_SECRET is not set")
+            current = dev_secret(self.var_dir)
+        previous = [p.strip() for p in _secret(self.form_token_secret_previous).split(",") if p.strip()]
+        return [current.encode(), *(p.encode() for p in previous if p != current)]
 
     @property
     def signing_key(self) -> bytes:
-        """Signs the links in emails (confirm, unsubscribe); each purpose is signed apart (leadsync/signing.py)."""
-        return self.form_token_key
+        """The current key: the only one that signs (links, form tokens; other HMACs such as suppression)."""
+        return self.signing_keys[0]
+
+    @property
+    def form_token_key(self) -> bytes:
+        """The same key as `signing_key`; each purpose signs a different payload (leadsync/signing.py)."""
+        return self.signing_key
 
     @property
     def hubspot_enabled(self) -> bool:
         return bool(self.hubspot_access_token and self.hubspot_access_token.get_secret_value())
+
+
+class MissingSecret(RuntimeError):
+    """FORM_TOKEN_SECRET is needed and not set (outside dev mode)."""
+
+
+DEV_SECRET_FILE = "form-token-secret"
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value else ""
+
+
+@lru_cache(maxsize=8)
+def dev_secret(var_dir: Path) -> str:
+    """The dev-mode secret: VAR_DIR/form-token-secret, created once (0600, 48 random bytes) and reused after.
+
+    Created with O_EXCL, so the web process and the worker that start together agree on one secret.
+    """
+    path = var_dir / DEV_SECRET_FILE
+    var_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made before, or by the process starting alongside: wait until it is written
+        for _ in range(200):
+            if text := path.read_text().strip():
+                return text
+            time.sleep(0.01)
+        raise MissingSecret(f"{path} is empty: delete it and a new secret is generated") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip()
 
 
 def _mask_url_password(url: str) -> str:

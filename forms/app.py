@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,7 +27,7 @@ from leadsync.forms.group_commit import GroupCommit
 from leadsync.forms.health import healthz, readyz
 from leadsync.forms.openapi import openapi_document
 from leadsync.forms.pages import demo, thank_you
-from leadsync.forms.security import SecurityHeadersMiddleware
+from leadsync.forms.security import SecurityHeadersMiddleware, UnwrapMappedClient, require_ops_token
 from leadsync.forms.spam import SpamGuard
 from leadsync.forms.submit import store_batch, submit
 from leadsync.forms.tokens import token_endpoint
@@ -43,10 +43,12 @@ async def openapi(request: Request) -> JSONResponse:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus: the state gauges, computed now from the database and the broker (leadsync/metrics.py)."""
-    settings: Settings = request.app.state.settings
-    if not metrics.authorized(request.headers.get("authorization"), settings):
-        return PlainTextResponse("OPS_TOKEN required", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    """Prometheus: the state gauges, computed now from the database and the broker (leadsync/metrics.py).
+
+    The one policy of every operations endpoint: 403 while OPS_TOKEN is unset, 401 without the right bearer.
+    """
+    if (refused := require_ops_token(request)) is not None:
+        return refused
     body, content_type = await run_in_threadpool(metrics.render, request.app.state.metrics)
     return Response(body, media_type=content_type)
 
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.dev_mode:
         routes.append(Route("/", demo, methods=["GET"]))
     middleware = [
+        Middleware(UnwrapMappedClient),  # first: every rule after it sees 203.0.113.9, not ::ffff:203.0.113.9
         # Around CORS, so its preflight answers carry the headers too.
         Middleware(SecurityHeadersMiddleware, hsts=settings.public_base_url.startswith("https://")),
         Middleware(

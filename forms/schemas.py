@@ -34,11 +34,33 @@ FORM_KEYS = {"newsletter": "newsletter", "info-packet": "info_packet"}
 
 CONTROL_MESSAGE = "Remove control characters (such as line breaks or tabs) from this field."
 PHONE_MESSAGE = "Enter a phone number: digits, spaces and + ( ) - . / only."
+NAME_MESSAGE = "Enter just your name: no web addresses, email addresses or < >."
 # Bidirectional overrides reorder how text is shown (a name that reads differently in the CRM): never needed in
 # a form field. Zero-width joiners stay: some scripts and emoji need them.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Digits (any script: phonenumbers reads them all), spaces, + ( ) - . / and an optional extension.
 _PHONE_SHAPE = re.compile(r"\+?[\d\s().\-/]*\d[\d\s().\-/]*(?:\s*(?:ext\.?|x|#)\s*\d{1,6})?", re.IGNORECASE)
+
+
+# What a name never holds but a phishing text does: a URL scheme or "www.", an address, markup, a domain
+# followed by a path ("evil.example/claim"), or a token ending in a top-level domain spammers use. A plain
+# dotted name ("St.Clair", "J.R.R.") passes: "clair" is no TLD here, and single letters never are.
+_SPAMMY_TLDS = (
+    "com|net|org|info|biz|io|co|me|ru|cn|su|xyz|top|site|online|club|shop|store|app|link|click|live|vip|win|"
+    "work|tk|ml|ga|cf|gq|ly|to|cc|us|uk|de|fr|eu|in|example|test|invalid|local|onion"
+)
+_NOT_A_NAME = re.compile(
+    r"[<>@]|://|\bwww\.|[\w-]+(?:\.[\w-]+)+/|(?:^|[^\w.])[\w-]+(?:\.[\w-]+)*\.(?:" + _SPAMMY_TLDS + r")(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def person_name(value: str | None) -> str | None:
+    """A first or last name, or ValueError: a name with a link, an address or markup would carry a phishing
+    text into the CRM and, from there, into any email that greets the person by name."""
+    if value is not None and _NOT_A_NAME.search(value):
+        raise ValueError(NAME_MESSAGE)
+    return value
 
 
 def normalize_email(value: str) -> str:
@@ -154,8 +176,12 @@ Email = Annotated[
     AfterValidator(normalize_email),
 ]
 Name = Annotated[
-    str, BeforeValidator(_line), Field(min_length=1, max_length=100, json_schema_extra={"pattern": ONE_LINE_PATTERN})
+    str,
+    BeforeValidator(_line),
+    Field(min_length=1, max_length=100, json_schema_extra={"pattern": ONE_LINE_PATTERN}),
+    AfterValidator(person_name),
 ]
+OptionalName = Annotated[_text(100), AfterValidator(person_name)]
 
 
 class MetaFields(BaseModel):
@@ -184,7 +210,7 @@ class NewsletterForm(MetaFields):
     """ "Subscribe To Our Newsletter"."""
 
     email: Email
-    first_name: _text(100) = None
+    first_name: OptionalName = None
 
 
 class InfoPacketForm(MetaFields):
@@ -192,7 +218,7 @@ class InfoPacketForm(MetaFields):
 
     email: Email
     first_name: Name
-    last_name: _text(100) = None
+    last_name: OptionalName = None
     phone: Annotated[_text(40), AfterValidator(_phone)] = None
     interest: _text(200) = None
     message: Annotated[Annotated[str, StringConstraints(max_length=5000)] | None, BeforeValidator(_paragraphs)] = None

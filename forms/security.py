@@ -1,4 +1,5 @@
-"""Web security for every response, and the OPS_TOKEN check for operations endpoints and commands.
+"""Web security for every response, the client address every per-IP rule sees, and the OPS_TOKEN check for
+operations endpoints and commands.
 
 Example (an operations endpoint):
     async def metrics(request: Request) -> Response:
@@ -68,6 +69,27 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnwrapMappedClient:
+    """`::ffff:203.0.113.9` -> `203.0.113.9` in the ASGI scope's client, before any route reads it.
+
+    uvicorn bound to `::` reports IPv4 visitors like that; left as is, every IPv4 visitor would share one
+    IPv6 /64 rate-limit bucket. Runs inside uvicorn's ProxyHeadersMiddleware, so it sees (and unwraps) the
+    forwarded address when the proxy is trusted (FORWARDED_ALLOW_IPS). Stored IPs and consent records are
+    unwrapped too, since they read the same scope.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if client and client[0] and client[0].startswith("::ffff:"):
+            from leadsync.forms.spam import unwrap_ip  # spam imports schemas; keep this module import-light
+
+            scope = {**scope, "client": (unwrap_ip(client[0]), client[1])}
+        await self.app(scope, receive, send)
 
 
 def ops_token_matches(presented: str | None, settings: Settings) -> bool:

@@ -7,9 +7,12 @@ first match wins:
 - `honeypot`: the hidden `website` field is filled;
 - `token_too_fast` / `token_expired` / `token_bad`: the render-time token (forms/tokens.py) is not `ok`;
 - `ip_rate`: the client address posted more than RATE_LIMIT_PER_IP (IPv6 counted per /64, what one host
-  usually gets);
-- `email_rate`: the address was submitted more than RATE_LIMIT_PER_EMAIL, whoever sent it (the
-  list-bombing defence: a stranger's address posted again and again).
+  usually gets; an IPv4-mapped IPv6 address `::ffff:a.b.c.d` as its IPv4);
+- `email_rate`: the mailbox was submitted more than RATE_LIMIT_PER_EMAIL, whoever sent it and however it was
+  spelled (`victim+1@`, `Victim@`: leadsync/mailbox.py), the list-bombing defence.
+
+The confirm / unsubscribe links have a limit of their own per client address (RATE_LIMIT_LINKS_PER_IP,
+`allow_link`): guessing or replaying tokens is answered 429.
 
 Disposable addresses are not spam but a field error (`refused_email`): a person using one can fix it.
 
@@ -31,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import time
@@ -46,6 +48,7 @@ from redis.exceptions import RedisError
 from leadsync.config import Settings
 from leadsync.forms.schemas import MetaFields
 from leadsync.forms.tokens import check
+from leadsync.mailbox import mailbox_key
 
 log = logging.getLogger(__name__)
 DISPOSABLE_MESSAGE = "Please use a permanent email address: we cannot send to disposable inboxes."
@@ -65,12 +68,22 @@ def refused_email(email: str, settings: Settings) -> dict[str, str]:
     return {}
 
 
+def unwrap_ip(ip: str) -> str:
+    """`::ffff:203.0.113.9` (an IPv4 client of a server bound to `::`) -> `203.0.113.9`; others unchanged."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else ip
+
+
 def client_key(ip: str | None) -> str:
-    """The rate-limit key of a client address: IPv4 as is, IPv6 by its /64 network."""
+    """The rate-limit key of a client address: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 network."""
     if not ip:
         return "unknown"
     try:
-        address = ipaddress.ip_address(ip)
+        address = ipaddress.ip_address(unwrap_ip(ip))
     except ValueError:
         return ip[:64]
     if address.version == 6:
@@ -91,6 +104,9 @@ class SpamGuard:
         self.per_ip: RateLimitItem | None = parse(settings.rate_limit_per_ip) if settings.rate_limit_per_ip else None
         self.per_email: RateLimitItem | None = (
             parse(settings.rate_limit_per_email) if settings.rate_limit_per_email else None
+        )
+        self.links: RateLimitItem | None = (
+            parse(settings.rate_limit_links_per_ip) if settings.rate_limit_links_per_ip else None
         )
         self._redis_url = _redis_url(settings)
         self._memory = MovingWindowRateLimiter(MemoryStorage())  # the embedded default: no I/O, called inline
@@ -125,19 +141,23 @@ class SpamGuard:
         if reason is None and parsed.ts_token:
             verdict = check(
                 parsed.ts_token,
-                self.settings.form_token_key,
+                self.settings.signing_keys,
                 self.settings.form_min_fill_seconds,
                 self.settings.form_token_max_age_seconds,
             )
             reason = None if verdict == "ok" else f"token_{verdict}"
         if not await self._hit(self.per_ip, "ip", client_key(ip)):
             reason = reason or "ip_rate"
-        email_key = hashlib.sha256(email.encode()).hexdigest()[:32]  # no address in Redis keys
+        email_key = mailbox_key(email, self.settings.signing_key)  # one inbox one key; no address in Redis
         if reason is None and not await self._hit(self.per_email, "email", email_key):
             reason = "email_rate"
         if reason is not None:
             log.info("spam post stored: %s", reason)
         return reason
+
+    async def allow_link(self, ip: str | None) -> bool:
+        """Whether a confirm / unsubscribe link request from `ip` is within RATE_LIMIT_LINKS_PER_IP."""
+        return await self._hit(self.links, "link", client_key(ip))
 
     async def _hit(self, item: RateLimitItem | None, scope: str, key: str) -> bool:
         """True while under the limit (or no limit, or the counters are away)."""

@@ -3,6 +3,14 @@
 GET only shows a page with a button: mail scanners that prefetch links must not confirm or unsubscribe
 anyone. The change happens on POST, which is also what mail clients' one-click unsubscribe sends
 (`List-Unsubscribe=One-Click` in the body, the token in the URL).
+
+A link that is forged, expired, malformed (non-ASCII, bad base64, bad JSON, wrong types), for a forgotten
+person, or a confirm link older than the person's latest unsubscribe gets the same 400 page. Each client
+address may open RATE_LIMIT_LINKS_PER_IP links (GET and POST together); beyond that a 429 page.
+
+Example:
+    $ curl -si -X POST 'http://127.0.0.1:8000/newsletter/unsubscribe?token=caf%C3%A9' | head -1
+    HTTP/1.1 400 Bad Request
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ ACTIONS = {
 def _claims(request: Request, purpose: str, token: str | None) -> Claims | None:
     settings: Settings = request.app.state.settings
     try:
-        return verify(token or "", settings.signing_key, purpose)
+        return verify(token or "", settings.signing_keys, purpose)
     except BadToken:
         return None
 
@@ -37,8 +45,19 @@ def _invalid() -> HTMLResponse:
     return render("link.html", 400, title="Link not valid", message=message, action=None, token=None)
 
 
+async def _too_many(request: Request) -> HTMLResponse | None:
+    """The 429 page when this client is over RATE_LIMIT_LINKS_PER_IP, else None."""
+    if await request.app.state.spam_guard.allow_link(request.client.host if request.client else None):
+        return None
+    message = "Too many attempts from your network. Please try again in a few minutes."
+    headers = {"Retry-After": "600"}
+    return render("link.html", 429, headers, title="Please wait", message=message, action=None, token=None)
+
+
 async def show(request: Request) -> Response:
     """The page behind the link: one button, nothing changes yet."""
+    if (refused := await _too_many(request)) is not None:
+        return refused
     purpose = request.path_params["action"]
     token = request.query_params.get("token")
     if purpose not in ACTIONS or _claims(request, purpose, token) is None:
@@ -49,6 +68,8 @@ async def show(request: Request) -> Response:
 
 async def apply(request: Request) -> Response:
     """The click (or a mail client's one-click POST): change the subscription, answer a short page."""
+    if (refused := await _too_many(request)) is not None:
+        return refused
     purpose = request.path_params["action"]
     token = request.query_params.get("token")
     if token is None and "form" in request.headers.get("content-type", ""):

@@ -20,7 +20,9 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 from starlette.requests import Request
@@ -31,6 +33,9 @@ from leadsync.config import Settings
 log = logging.getLogger(__name__)
 Verdict = Literal["ok", "too_fast", "expired", "bad"]
 VERSION = "v1"
+# The only shape `issue` makes; checked first, so nothing later sees non-ASCII (`"١٢٣".isdigit()` is True in
+# Python, and `.encode("ascii")` / `compare_digest` on such text raised: a 500 before).
+_SHAPE = re.compile(r"v1\.([0-9]{1,15})\.([A-Za-z0-9_-]{43})")
 
 
 def _signature(secret: bytes, payload: str) -> str:
@@ -45,13 +50,17 @@ def issue(secret: bytes, now: float | None = None) -> str:
     return f"{payload}.{_signature(secret, payload)}"
 
 
-def check(token: str, secret: bytes, min_age: float, max_age: float, now: float | None = None) -> Verdict:
-    """Whether `token` was signed with `secret` between `max_age` and `min_age` seconds ago."""
-    version, _, rest = token.partition(".")
-    stamp, _, signature = rest.partition(".")
-    if version != VERSION or not stamp.isdigit() or len(stamp) > 15:
+def check(
+    token: str, secret: bytes | Sequence[bytes], min_age: float, max_age: float, now: float | None = None
+) -> Verdict:
+    """Whether `token` was signed with `secret` (or one of several: rotation) between `max_age` and `min_age`
+    seconds ago. Anything malformed is "bad", never an exception."""
+    shape = _SHAPE.fullmatch(token) if isinstance(token, str) else None
+    if shape is None:
         return "bad"
-    if not hmac.compare_digest(signature, _signature(secret, f"{version}.{stamp}")):
+    stamp, signature = shape.groups()
+    keys = [secret] if isinstance(secret, bytes) else list(secret)
+    if not any([hmac.compare_digest(signature, _signature(key, f"{VERSION}.{stamp}")) for key in keys]):
         return "bad"
     age = (time.time() if now is None else now) - int(stamp) / 1000
     if age < min_age:
@@ -65,7 +74,7 @@ def looks_like_spam(token: str | None, settings: Settings) -> bool:
     """True for a token that is present and not `ok`; no token is fine (plain HTML forms have none)."""
     if not token:
         return False
-    verdict = check(token, settings.form_token_key, settings.form_min_fill_seconds, settings.form_token_max_age_seconds)
+    verdict = check(token, settings.signing_keys, settings.form_min_fill_seconds, settings.form_token_max_age_seconds)
     if verdict != "ok":
         log.info("form token %s: the post is stored as spam", verdict)
     return verdict != "ok"
@@ -75,6 +84,6 @@ async def token_endpoint(request: Request) -> JSONResponse:
     """`GET /forms/token`: a fresh token for the snippet; never cached, since its time is the point."""
     settings: Settings = request.app.state.settings
     return JSONResponse(
-        {"token": issue(settings.form_token_key), "max_age": settings.form_token_max_age_seconds},
+        {"token": issue(settings.signing_key), "max_age": settings.form_token_max_age_seconds},
         headers={"Cache-Control": "no-store"},
     )

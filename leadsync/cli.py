@@ -1,7 +1,8 @@
 """The `leadsync` command: one entry point for every process and operation.
 
 leadsync dev                 forms + worker + scheduler on one machine, no configuration needed
-leadsync web / worker / beat the production processes
+leadsync web / worker / beat the production processes (refuse to start without FORM_TOKEN_SECRET, SMTP_HOST)
+leadsync check               every effective setting (secrets masked) and every problem; exit 1 on a problem
 leadsync db upgrade          migrations (SQLite and PostgreSQL alike)
 leadsync hubspot bootstrap   create the mapped HubSpot properties
 leadsync hubspot check       test the token, lift a stop or pause
@@ -25,6 +26,7 @@ from typing import Any
 
 import click
 
+from leadsync import serving
 from leadsync.config import get_settings
 
 
@@ -47,12 +49,15 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def dev(host: str, port: int) -> None:
     """Run forms, worker and scheduler together on SQLite, no servers needed."""
-    os.environ.setdefault("DEV_MODE", "1")
+    # DEV_MODE is how the processes know they run under `leadsync dev` (leadsync/preflight.py): set here for
+    # this process and inherited by the worker it starts.
+    os.environ["DEV_MODE"] = "1"
     os.environ.setdefault("PUBLIC_BASE_URL", f"http://{host}:{port}")
     os.environ.setdefault("LOG_FORMAT", "console")  # people read these; the worker it starts inherits it
     get_settings.cache_clear()
     settings = get_settings()
     _configure_logging()
+    from leadsync.config.settings import DEV_SECRET_FILE, dev_secret
     from leadsync.storage.migrate import upgrade
 
     upgrade()
@@ -67,10 +72,20 @@ def dev(host: str, port: int) -> None:
         click.echo(f"  HubSpot:  syncing to {settings.hubspot_base_url}")
     else:
         click.echo("  HubSpot:  sync held, contacts wait as pending CRM sync until HUBSPOT_ACCESS_TOKEN is set")
+    if not (settings.form_token_secret and settings.form_token_secret.get_secret_value()):
+        dev_secret(settings.var_dir)  # made now, before the worker starts: both read the same file
+        click.echo(f"  secret:   generated once, kept in {settings.var_dir / DEV_SECRET_FILE} (set FORM_TOKEN_SECRET)")
 
+    # Its own process group (with its pool and beat), so stopping it reaches every process it made.
     worker = subprocess.Popen(
-        [sys.executable, "-m", "leadsync", "worker", "--beat", "--concurrency", "2", "--loglevel", "INFO"]
+        [sys.executable, "-m", "leadsync", "worker", "--beat", "--concurrency", "2", "--loglevel", "INFO"],
+        start_new_session=True,
     )
+    # uvicorn handles SIGTERM / SIGINT itself, then re-raises the signal with the handlers it found: with
+    # Python's default SIGTERM action the process died there, before `finally`, and left the worker running.
+    # Found handlers that raise SystemExit instead: uvicorn's graceful stop, then ours below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, serving.exit_on_signal)
     try:
         import uvicorn
 
@@ -83,13 +98,29 @@ def dev(host: str, port: int) -> None:
             port=port,
             log_level="info",
             log_config=uvicorn_log_config(settings.log_format, settings.log_level),
+            **serving.proxy_options(settings),
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        serving.stop_group(worker, grace=serving.DEV_STOP_GRACE_SECONDS)
+
+
+@main.command()
+def check() -> None:
+    """Print every effective setting (secrets masked) and every problem; exit 1 when there is a problem."""
+    from leadsync.preflight import effective, problems
+
+    settings = get_settings()
+    rows = effective(settings)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
+    found = problems(settings)
+    click.echo("")
+    for problem in found:
+        click.echo(f"PROBLEM: {problem}")
+    if found:
+        raise SystemExit(1)
+    click.echo("no problems found")
 
 
 @main.command()
@@ -101,8 +132,10 @@ def web(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from leadsync.logs import uvicorn_log_config
+    from leadsync.preflight import refuse_unsafe_start
 
     settings = get_settings()
+    refuse_unsafe_start(settings, "web")
     uvicorn.run(
         "leadsync.forms.app:create_app",
         factory=True,
@@ -115,6 +148,11 @@ def web(host: str, port: int, workers: int) -> None:
         # Every post already logs one line of its own (stored or refused, with the submission id); a second,
         # access-log line a request costs a fifth of the throughput (docs/benchmarks.md). ACCESS_LOG=1 adds it.
         access_log=settings.access_log,
+        # Idle keep-alive connections are closed (half-open ones pile up otherwise); beyond the concurrency
+        # limit uvicorn answers 503 at once instead of queuing without bound. Each uvicorn worker counts alone.
+        timeout_keep_alive=settings.web_keepalive_seconds,
+        limit_concurrency=settings.web_limit_concurrency,
+        **serving.proxy_options(settings),
     )
 
 
@@ -133,6 +171,9 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str) -> None:
 
     With METRICS_PORT set it serves its task counters at :METRICS_PORT/metrics (leadsync/metrics.py).
     """
+    from leadsync.preflight import refuse_unsafe_start
+
+    refuse_unsafe_start(get_settings(), "worker")
     port = get_settings().metrics_port
     if port:
         _prepare_worker_metrics()
@@ -165,6 +206,9 @@ def _prepare_worker_metrics() -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Run the scheduler (sweeper, CRM flush cadence). Run exactly one."""
+    from leadsync.preflight import refuse_unsafe_start
+
+    refuse_unsafe_start(get_settings(), "beat")
     from leadsync.worker.celery_app import app
 
     app.start([*_celery_globals(app), "beat", "--loglevel", get_settings().log_level, *ctx.args])

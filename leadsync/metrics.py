@@ -9,14 +9,16 @@
   pool processes through prometheus_client's multiprocess mode (one private folder per worker, which
   `leadsync worker` sets up before anything imports prometheus_client). Scrape every worker.
 
+The web's `/metrics` is an operations endpoint like any other (forms/security.py `require_ops_token`): 403
+while OPS_TOKEN is unset, 401 without `Authorization: Bearer <OPS_TOKEN>`. It fails closed.
+
 Example:
-    $ curl -s localhost:8000/metrics | grep leadsync_queue_messages
+    $ curl -s -H "Authorization: Bearer $OPS_TOKEN" localhost:8000/metrics | grep leadsync_queue_messages
     leadsync_queue_messages{queue="intake"} 0.0
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -176,14 +178,6 @@ def web_registry(settings: Settings) -> CollectorRegistry:
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.MultiProcessCollector(registry)
     return registry
-
-
-def authorized(header: str | None, settings: Settings) -> bool:
-    """With OPS_TOKEN set, /metrics wants `Authorization: Bearer <OPS_TOKEN>` (Prometheus: `authorization`)."""
-    if not settings.ops_token or not settings.ops_token.get_secret_value():
-        return True
-    expected = f"Bearer {settings.ops_token.get_secret_value()}"
-    return hmac.compare_digest((header or "").encode(), expected.encode())
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

@@ -68,13 +68,17 @@ def lock_or_create_contacts(
 
 
 def set_newsletter_status(session: Session, claims: Claims, status: str, now: datetime) -> Contact | None:
-    """Apply a confirm or unsubscribe click; None when the link's contact is gone or its address changed.
+    """Apply a confirm or unsubscribe click; None when the link's contact is gone or its address changed,
+    or when it is a confirm link issued before the person's latest unsubscribe.
 
     The change is marked for the next CRM flush, like any other change to the contact.
     """
     contact = session.get(Contact, claims.contact_id, with_for_update=True)
     if contact is None or not matches(claims, contact.email):
         return None
+    unsubscribed = contact.newsletter_unsubscribed_at
+    if status == "subscribed" and unsubscribed and claims.issued_ms < unsubscribed.timestamp() * 1000:
+        return None  # a confirm link from before the person's latest unsubscribe: only a newer sign-up confirms
     if contact.newsletter_status == status:
         return contact  # a second click changes nothing
     contact.newsletter_status = status

@@ -146,6 +146,8 @@ class EmailSend(Base):
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
     submission_id: Mapped[str | None] = mapped_column(ForeignKey("submissions.id"))
     message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    # The canonical mailbox, keyed (leadsync/mailbox.py `mailbox_key`): the daily cap counts every spelling.
+    mailbox: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=EmailStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -158,6 +160,7 @@ class EmailSend(Base):
         Index("ix_email_sends_contact_kind", "contact_id", "kind", "created_at"),
         Index("ix_email_sends_status", "status", "created_at"),
         Index("ix_email_sends_submission", "submission_id"),  # deleting a submission checks this foreign key
+        Index("ix_email_sends_mailbox", "mailbox", "created_at"),
     )
 
 

@@ -15,6 +15,7 @@ from leadsync.storage.db import get_engine
 from leadsync.storage.migrate import upgrade
 from leadsync.worker import tasks
 from leadsync.worker.celery_app import reconfigure
+from tests.support.stack import TEST_SECRET
 
 if TYPE_CHECKING:
     from tests.support.hubspot_emulator import HubSpotEmulator
@@ -36,6 +37,8 @@ def apply_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Sett
 
 
 BACKENDS = ("embedded", "redis-postgres")
+# Every process and in-process Settings of the suite signs with TEST_SECRET (FORM_TOKEN_SECRET is required
+# outside dev mode, at least 32 bytes); tests/security/test_red_team.py uses other secrets on purpose.
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +73,8 @@ def base_env(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> It
         "HUBSPOT_ACCESS_TOKEN": "",
         "SMTP_HOST": "",
         "LOG_LEVEL": "INFO",
+        "FORM_TOKEN_SECRET": TEST_SECRET,
+        "FORM_TOKEN_SECRET_PREVIOUS": "",
         # Off unless a test sets them: many tests post often from one client (tests/security sets them).
         "RATE_LIMIT_PER_IP": "",
         "RATE_LIMIT_PER_EMAIL": "",

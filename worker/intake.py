@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.mailbox import mailbox_key
 from leadsync.storage.contacts import lock_or_create_contacts
 from leadsync.storage.models import (
     Contact,
@@ -86,7 +87,7 @@ def process_submissions(
             live.append(submission)
 
     contacts, created = lock_or_create_contacts(session, {submission.email for submission in live}, now)
-    history = EmailHistory.load(session, [contact.id for contact in contacts.values()], now)
+    history = EmailHistory.load(session, list(contacts.values()), now, settings.signing_key)
     for submission in live:
         contact = contacts[submission.email]
         first = submission.email in created
@@ -171,7 +172,8 @@ def _queue_email(
     if not packet_due(history.last(contact.id, kind), now, window):
         return None
     # EMAIL_DAILY_CAP_PER_RECIPIENT: the per-kind windows each allow one email, but kinds add up, and a
-    # window set to 0 allows any number; whatever gets through the spam rules, nobody gets more a day.
+    # window set to 0 allows any number; whatever gets through the spam rules, no mailbox gets more a day,
+    # however the address is spelled (victim+1@, Victim@, v.ictim@gmail: leadsync/mailbox.py).
     if history.today(contact.id) >= settings.email_daily_cap_per_recipient:
         return None
     send_id = new_id()
@@ -182,6 +184,7 @@ def _queue_email(
         contact_id=contact.id,
         submission_id=submission.id,
         message_id=f"<{send_id}.{'packet' if kind == PACKET else 'confirm'}@{domain}>",
+        mailbox=history.mailbox_of(contact.id),
         status=EmailStatus.PENDING,
         created_at=now,
     )
@@ -190,37 +193,67 @@ def _queue_email(
     return send
 
 
+ADVISORY_LOCKS = (
+    "SELECT count(pg_advisory_xact_lock(lock)) FROM (SELECT unnest(CAST(:locks AS bigint[])) AS lock ORDER BY lock) s"
+)
+
+
 @dataclass
 class EmailHistory:
-    """The emails (not failed) already queued or sent to the batch's contacts: the last of each kind, and
-    how many in the last 24 hours. Read in two queries, then kept up to date as the batch queues more."""
+    """The emails (not failed) already queued or sent to the batch's contacts: the last of each kind per
+    contact, and how many in the last 24 hours per canonical mailbox (every spelling of one inbox, other
+    contacts included). Read in two queries, then kept up to date as the batch queues more."""
 
     last_by_kind: dict[tuple[int, str], datetime] = field(default_factory=dict)
-    last_day: dict[int, int] = field(default_factory=dict)
+    last_day: dict[str, int] = field(default_factory=dict)  # mailbox key -> emails in the last 24 h
+    mailboxes: dict[int, str] = field(default_factory=dict)  # contact id -> mailbox key
 
     @classmethod
-    def load(cls, session: Session, contact_ids: list[int], now: datetime) -> EmailHistory:
-        if not contact_ids:
+    def load(cls, session: Session, contacts: Sequence[Contact], now: datetime, key: bytes) -> EmailHistory:
+        if not contacts:
             return cls()
-        mine = (EmailSend.contact_id.in_(contact_ids), EmailSend.status != EmailStatus.FAILED)
+        mailboxes = {contact.id: mailbox_key(contact.email, key) for contact in contacts}
+        keys = sorted(set(mailboxes.values()))
+        if session.get_bind().dialect.name == "postgresql":
+            # Two workers with victim+1@ and victim+2@ in their batches hold different contact rows: a lock
+            # per mailbox (sorted, taken last: no deadlock) makes the second count after the first commits.
+            # SQLite needs none: the batch has written already, and SQLite has one writer at a time.
+            # One statement for the whole batch (up to INTAKE_BATCH_MAX locks, in ascending order).
+            locks = sorted({int(mailbox[:15], 16) for mailbox in keys})  # 60 bits: fits PostgreSQL's bigint
+            session.execute(text(ADVISORY_LOCKS), {"locks": locks})
+        ids = list(mailboxes)
+        not_failed = EmailSend.status != EmailStatus.FAILED
         last = session.execute(
             select(EmailSend.contact_id, EmailSend.kind, func.max(EmailSend.created_at))
-            .where(*mine)
+            .where(EmailSend.contact_id.in_(ids), not_failed)
             .group_by(EmailSend.contact_id, EmailSend.kind)
         )
+        # Rows from before the mailbox column (NULL) still count for their own contact.
         day = session.execute(
-            select(EmailSend.contact_id, func.count())
-            .where(*mine, EmailSend.created_at > now - timedelta(days=1))
-            .group_by(EmailSend.contact_id)
+            select(EmailSend.mailbox, EmailSend.contact_id, func.count())
+            .where(
+                or_(EmailSend.mailbox.in_(keys), EmailSend.contact_id.in_(ids)),
+                not_failed,
+                EmailSend.created_at > now - timedelta(days=1),
+            )
+            .group_by(EmailSend.mailbox, EmailSend.contact_id)
         )
-        return cls({(cid, kind): at for cid, kind, at in last}, {cid: count for cid, count in day})
+        last_day: dict[str, int] = {}
+        for mailbox, contact_id, count in day:
+            if owner := mailbox or mailboxes.get(contact_id):
+                last_day[owner] = last_day.get(owner, 0) + count
+        return cls({(cid, kind): at for cid, kind, at in last}, last_day, mailboxes)
 
     def last(self, contact_id: int, kind: str) -> datetime | None:
         return self.last_by_kind.get((contact_id, kind))
 
+    def mailbox_of(self, contact_id: int) -> str | None:
+        return self.mailboxes.get(contact_id)
+
     def today(self, contact_id: int) -> int:
-        return self.last_day.get(contact_id, 0)
+        return self.last_day.get(self.mailboxes.get(contact_id, ""), 0)
 
     def record(self, contact_id: int, kind: str, at: datetime) -> None:
         self.last_by_kind[(contact_id, kind)] = at
-        self.last_day[contact_id] = self.today(contact_id) + 1
+        mailbox = self.mailboxes.get(contact_id, "")
+        self.last_day[mailbox] = self.last_day.get(mailbox, 0) + 1

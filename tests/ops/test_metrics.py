@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from leadsync.cli import main
@@ -23,8 +24,11 @@ from tests.worker.helpers import process
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+OPS_TOKEN = "s3cret-ops-token"
+
+
 def scrape(client: TestClient, **headers: str) -> Samples:
-    response = client.get("/metrics", headers=headers)
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {OPS_TOKEN}", **headers})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -40,7 +44,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings.model_copy(update={"ops_token": SecretStr(OPS_TOKEN)}))) as test_client:
         yield test_client
 
 
@@ -78,14 +82,19 @@ def test_metrics_follow_submissions_queues_and_the_outbox(client: TestClient, se
     assert report["submissions_by_form"]["newsletter"] == {"pending": 1, "spam": 1}
 
 
-def test_metrics_want_the_ops_token_when_one_is_set(
+def test_metrics_want_the_ops_token_and_fail_closed_without_one(
     monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str], settings: Settings
 ) -> None:
-    configured = apply_settings(monkeypatch, {**base_env, "OPS_TOKEN": "s3cret"})
+    configured = apply_settings(monkeypatch, {**base_env, "OPS_TOKEN": OPS_TOKEN})
     with TestClient(create_app(configured)) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert value(scrape(client, Authorization="Bearer s3cret"), "leadsync_healthy") == 1
+        assert value(scrape(client), "leadsync_healthy") == 1
+    unset = apply_settings(monkeypatch, {**base_env, "OPS_TOKEN": ""})
+    with TestClient(create_app(unset)) as client:  # no OPS_TOKEN: nobody gets in, whatever they send
+        assert client.get("/metrics").status_code == 403
+        assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 403
+        assert "leadsync_" not in client.get("/metrics").text
 
 
 def status_json() -> tuple[int, dict]:
@@ -96,7 +105,7 @@ def status_json() -> tuple[int, dict]:
 def test_status_json_is_degraded_while_hubspot_answers_401_and_healthy_after(
     monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str], hubspot: HubSpotEmulator, tmp_path: Path
 ) -> None:
-    env = {**base_env, "HUBSPOT_BASE_URL": hubspot.url, "HUBSPOT_TIMEOUT": "2"}
+    env = {**base_env, "HUBSPOT_BASE_URL": hubspot.url, "HUBSPOT_TIMEOUT": "2", "OPS_TOKEN": OPS_TOKEN}
     settings = apply_settings(monkeypatch, {**env, "HUBSPOT_ACCESS_TOKEN": "revoked-token"})
     upgrade()
     from tests.worker.helpers import submit

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.integration
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+OPS_TOKEN = "ops-token-for-the-scrapes"
+
+
 def samples(text: str) -> Samples:
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -37,7 +40,8 @@ def gauge(found: Samples, name: str, **labels: str) -> float:
 
 
 def scrape(url: str) -> Samples:
-    response = httpx.get(f"{url}/metrics", timeout=10)
+    # The web's /metrics wants the token; a worker's METRICS_PORT server ignores the header.
+    response = httpx.get(f"{url}/metrics", timeout=10, headers={"Authorization": f"Bearer {OPS_TOKEN}"})
     assert response.status_code == 200, response.text
     return samples(response.text)
 
@@ -56,7 +60,13 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def stack_env(base_env: dict[str, str], metrics_port: int) -> dict[str, str]:
-    return {**base_env, "METRICS_PORT": str(metrics_port), "SWEEP_INTERVAL_SECONDS": "1", "LOG_FORMAT": "json"}
+    return {
+        **base_env,
+        "METRICS_PORT": str(metrics_port),
+        "SWEEP_INTERVAL_SECONDS": "1",
+        "LOG_FORMAT": "json",
+        "OPS_TOKEN": OPS_TOKEN,
+    }
 
 
 def test_a_backlog_moves_the_queue_and_outbox_gauges_then_drains(

@@ -36,7 +36,7 @@ def stack(tmp_path: Path, base_env: dict[str, str], smtp: SmtpSink) -> Iterator[
         "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
         "RATE_LIMIT_PER_IP": f"{IP_LIMIT} per 10 minutes",
         "RATE_LIMIT_PER_EMAIL": "5 per hour",
-        "FORM_TOKEN_SECRET": "fixed-secret-for-the-test",
+        "FORM_TOKEN_SECRET": "fixed-secret-for-the-test-0123456789",
         "FORM_MIN_FILL_SECONDS": "2",
     }
     running = LeadsyncStack(env, tmp_path).start()
@@ -48,7 +48,7 @@ def stack(tmp_path: Path, base_env: dict[str, str], smtp: SmtpSink) -> Iterator[
 
 def test_bots_get_no_email_and_no_hubspot_record(stack: tuple[LeadsyncStack, HubSpotEmulator], smtp: SmtpSink) -> None:
     running, hubspot = stack
-    key = Settings(form_token_secret="fixed-secret-for-the-test").form_token_key
+    key = Settings(form_token_secret="fixed-secret-for-the-test-0123456789").form_token_key
 
     def post(data: dict, ip: str) -> None:
         # `leadsync web` trusts X-Forwarded-For from 127.0.0.1 (uvicorn's proxy headers): one IP per bot.

@@ -104,10 +104,13 @@ def test_one_ip_over_its_limit_is_spam_across_forms_and_encodings(make_client: M
 
 def test_one_address_over_its_limit_is_spam_however_it_is_spelled(make_client: MakeClient) -> None:
     client = make_client(RATE_LIMIT_PER_EMAIL="2 per hour")
-    for spelling in ["ann@example.org", "Ann@Example.org", " ANN@EXAMPLE.ORG ", "ann@example.org"]:
+    for spelling in ["ann@example.org", "Ann+1@Example.org", " ANN+news@EXAMPLE.ORG ", "ann+2@example.org"]:
         response = client.post("/forms/info-packet", json={**FORMS["info-packet"], "email": spelling})
         assert response.status_code == 202
     assert spam_reasons() == [None, None, "email_rate", "email_rate"]
+    for spelling in ["a.nn@gmail.com", "ANN+x@googlemail.com", "an.n@gmail.com"]:  # Gmail ignores dots
+        assert client.post("/forms/newsletter", json={"email": spelling}).status_code == 202
+    assert spam_reasons()[4:] == [None, None, "email_rate"]
     other = client.post("/forms/newsletter", json={"email": "bo@example.org"})
     assert other.status_code == 202 and spam_reasons()[-1] is None  # other people are not affected
 
@@ -153,6 +156,40 @@ def test_disposable_list_and_client_keys() -> None:
     # One IPv6 host usually owns a /64: rotating addresses inside it does not reset the counter.
     assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
     assert client_key(None) == "unknown"
+    # uvicorn bound to :: reports IPv4 visitors as IPv4-mapped IPv6: the same visitor, the same counter.
+    assert client_key("::ffff:203.0.113.9") == "203.0.113.9"
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Your refund: visit http://evil.example/claim",
+        "hxxps://evil.example",
+        "www.evil-site",
+        "evil.example/claim",
+        "claim at refunds.com",
+        "bob@evil.example",
+        "<b>Ann</b>",
+        "Ann >",
+    ],
+)
+def test_a_name_with_a_link_an_address_or_markup_is_refused(make_client: MakeClient, form: str, name: str) -> None:
+    client = make_client()
+    for field in ("first_name", "last_name") if form == "info-packet" else ("first_name",):
+        data = {**FORMS[form], field: name}
+        response = client.post(f"/forms/{form}", json=data)
+        assert response.status_code == 422
+        assert response.json()["errors"] == {field: "Enter just your name: no web addresses, email addresses or < >."}
+        html = client.post(f"/forms/{form}", data=data, headers={"Accept": "text/html"})
+        assert html.status_code == 422 and "Enter just your name" in html.text
+    assert rows() == []
+
+
+@pytest.mark.parametrize("name", ["Ann", "St.Clair", "J.R.R.", "Dr. Ann-Marie O'Neil", "Zoë", "李", "Ann.Lee"])
+def test_ordinary_names_with_dots_and_accents_are_accepted(make_client: MakeClient, name: str) -> None:
+    client = make_client()
+    assert client.post("/forms/info-packet", json={**FORMS["info-packet"], "first_name": name}).status_code == 202
 
 
 def test_no_more_than_the_daily_cap_of_emails_reaches_one_address(

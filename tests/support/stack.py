@@ -20,6 +20,8 @@ import httpx
 
 from tests.support.services import free_port
 
+TEST_SECRET = "test-form-token-secret-0123456789abcdef"  # tests/conftest.py's base_env uses it too
+
 T = TypeVar("T")
 
 
@@ -51,8 +53,13 @@ class LeadsyncStack:
 
     def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2) -> None:
         # Rate limits off unless a test sets them: many tests post often from 127.0.0.1 (tests/security sets them).
-        limits_off = {"RATE_LIMIT_PER_IP": "", "RATE_LIMIT_PER_EMAIL": ""}
-        self.env = {**os.environ, **limits_off, **env, "PYTHONUNBUFFERED": "1"}
+        limits_off = {"RATE_LIMIT_PER_IP": "", "RATE_LIMIT_PER_EMAIL": "", "RATE_LIMIT_LINKS_PER_IP": ""}
+        # `leadsync web|worker|beat` refuse to start without a secret and, outside dev mode, without SMTP_HOST:
+        # a stack that keeps emails as .eml files (no SMTP_HOST) is the embedded default, run in dev mode.
+        required = {"FORM_TOKEN_SECRET": TEST_SECRET}
+        self.env = {**os.environ, **limits_off, **required, **env, "PYTHONUNBUFFERED": "1"}
+        if not self.env.get("SMTP_HOST") and "DEV_MODE" not in env:
+            self.env["DEV_MODE"] = "1"
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

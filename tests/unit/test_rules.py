@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from leadsync.config.settings import CONFIG_DIR
+from leadsync.config import Settings
+from leadsync.config.settings import CONFIG_DIR, MissingSecret
 from leadsync.forms.schemas import normalize_email, validate
+from leadsync.mailbox import canonical_mailbox, mailbox_key
 from leadsync.worker.crm.mapping import contact_properties, format_value, load_mapping
 from leadsync.worker.merge import later_stage, merge_fields, packet_due, submission_values
 
@@ -135,3 +138,36 @@ def test_format_value() -> None:
     assert format_value(None) is None and format_value("") is None
     assert format_value(True) == "true"
     assert format_value(datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)) == "2026-03-04T05:06:07.890Z"
+
+
+@pytest.mark.parametrize(
+    ("typed", "mailbox"),
+    [
+        ("victim+1@example.org", "victim@example.org"),
+        ("VICTIM@Example.ORG", "victim@example.org"),
+        ("vic.tim+x@example.org", "vic.tim@example.org"),  # dots count except at Gmail
+        ("v.i.c.t.i.m+2@gmail.com", "victim@gmail.com"),
+        ("Vic.Tim@GoogleMail.com", "victim@gmail.com"),  # one service, two domains
+        ("+only@example.org", "+only@example.org"),  # no base to fold to: kept whole
+    ],
+)
+def test_canonical_mailbox_folds_every_spelling_of_one_inbox(typed: str, mailbox: str) -> None:
+    assert canonical_mailbox(typed) == mailbox
+    assert mailbox_key(typed, b"k") == mailbox_key(mailbox, b"k") != mailbox_key(mailbox, b"other key")
+
+
+def test_signing_keys_come_only_from_the_secret(tmp_path: Path) -> None:
+    with pytest.raises(MissingSecret):
+        _ = Settings(_env_file=None, var_dir=tmp_path, database_url="sqlite:///public.db").signing_key
+    rotated = Settings(_env_file=None, form_token_secret="new", form_token_secret_previous="old1, old2,new")
+    assert rotated.signing_keys == [b"new", b"old1", b"old2"] and rotated.signing_key == b"new"
+    dev = Settings(_env_file=None, var_dir=tmp_path, dev_mode=True)
+    assert dev.signing_key == Settings(_env_file=None, var_dir=tmp_path, dev_mode=True).signing_key  # kept once
+    assert (tmp_path / "form-token-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_forwarded_allow_ips_takes_addresses_and_networks_and_refuses_a_typo() -> None:
+    trusted = Settings(_env_file=None, forwarded_allow_ips=" 172.28.0.0/16, 127.0.0.1 ")
+    assert trusted.forwarded_allow_ips == "172.28.0.0/16,127.0.0.1"
+    with pytest.raises(ValueError, match=r"proxy\.internal"):
+        Settings(_env_file=None, forwarded_allow_ips="proxy.internal")  # uvicorn matches addresses, not names
