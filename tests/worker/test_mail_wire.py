@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 from email.message import EmailMessage
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
 
 from leadsync.config import Settings
+from leadsync.config.settings import CONFIG_DIR
 from leadsync.storage.db import session_scope
 from leadsync.storage.models import EmailAttempt, EmailSend
-from leadsync.worker.mail.compose import compose, email_config, greeting_name
+from leadsync.worker.mail.compose import compose, email_config, greeting_name, load_email_config
 from tests.conftest import apply_settings
 from tests.support.services import SmtpSink
 from tests.worker.mail_kinds import INTEREST, MESSAGE, every_kind, header_block, raw_header, send_all
@@ -117,6 +120,17 @@ def test_subjects_are_fixed_and_visitor_free_text_never_reaches_an_email(
         for typed in (INTEREST, MESSAGE, "knees", "cousin"):
             assert typed not in bodies and typed.encode() not in mail.raw, (kind, typed)
         assert "Hello Ann," in bodies  # the greeting: the one place a first name goes
+
+
+@pytest.mark.parametrize(
+    "subject", ["Your FREE information packet, {{ first_name }}", "Hi {% if x %}x{% endif %}", "Two\nlines"]
+)
+def test_a_subject_with_template_syntax_is_refused(tmp_path: Path, subject: str) -> None:
+    path = tmp_path / "emails.toml"
+    path.write_text(f'[info_packet]\nsubject = {json.dumps(subject)}\nhtml = "a.html"\ntext = "a.txt"\n')
+    with pytest.raises(ValueError, match="subject must be fixed text on one line"):
+        load_email_config(path)
+    assert set(load_email_config(CONFIG_DIR / "emails.toml")) == {"info_packet", "newsletter_confirm"}  # shipped: fine
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import formatdate, parseaddr
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -84,8 +85,13 @@ def _environment() -> Environment:
 
 @lru_cache(maxsize=1)
 def email_config() -> dict[str, Any]:
-    """config/emails.toml, checked: every subject is fixed text (no template syntax, one line)."""
-    with (CONFIG_DIR / "emails.toml").open("rb") as file:
+    """config/emails.toml, checked (see `load_email_config`), read once."""
+    return load_email_config(CONFIG_DIR / "emails.toml")
+
+
+def load_email_config(path: Path) -> dict[str, Any]:
+    """An emails.toml, checked: every subject is fixed text (no template syntax, one line)."""
+    with path.open("rb") as file:
         config = tomllib.load(file)
     for kind, entry in config.items():
         subject = entry["subject"]
