@@ -19,7 +19,8 @@ from sqlalchemy import select
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import EmailSend
-from leadsync.worker.mail.compose import email_config, wire_message_id
+from leadsync.worker.mail.addresses import wire_message_id
+from leadsync.worker.mail.compose import email_config
 from leadsync.worker.mail.sending import deliver
 from leadsync.worker.mail.transport import SmtpTransport
 from tests.support.services import ReceivedMail, SmtpSink

@@ -26,19 +26,19 @@ import tomllib
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import idna
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from leadsync.config import Settings
 from leadsync.config.settings import CONFIG_DIR
 from leadsync.signing import sign
-from leadsync.worker.mail.transport import PermanentMailError
+from leadsync.worker.mail.addresses import one_line, wire_address, wire_message_id
+from leadsync.worker.mail.errors import UnsendableMessage
 
 CONFIRM_TTL = 7 * 86400  # a confirmation link works for a week
 UNSUBSCRIBE_TTL = 5 * 365 * 86400  # unsubscribe links must keep working
@@ -50,10 +50,6 @@ VERBATIM_HEADERS = frozenset({"message-id", "list-id", "list-unsubscribe", "list
 # nothing a mail client could turn into a link ("evil.example" fails: a dot inside a word).
 _NAME = re.compile(r"[^\W\d_]+(?:\.?[ '\u2019-][^\W\d_]+)*\.?")
 NAME_MAX = 60
-
-
-class UnsendableMessage(PermanentMailError):
-    """The message cannot be written as plain-ASCII headers (e.g. a non-ASCII mailbox name)."""
 
 
 class WirePolicy(EmailPolicy):
@@ -95,55 +91,22 @@ def load_email_config(path: Path) -> dict[str, Any]:
         config = tomllib.load(file)
     for kind, entry in config.items():
         subject = entry["subject"]
-        if "{{" in subject or "{%" in subject or _one_line(subject) != subject:
+        if "{{" in subject or "{%" in subject or one_line(subject) != subject:
             raise ValueError(f"emails.toml [{kind}] subject must be fixed text on one line: {subject!r}")
     return config
 
 
-def _one_line(text: str) -> str:
-    """Header-safe: no CR/LF or other control characters can reach a header."""
-    return re.sub(r"\s+", " ", re.sub(r"[\x00-\x1f\x7f]", " ", text)).strip()
-
-
 def greeting_name(first_name: str | None) -> str | None:
     """The first name for "Hello Ann,", or None when it is not plainly a name (then the greeting has none)."""
-    name = _one_line(first_name or "")
+    name = one_line(first_name or "")
     return name if len(name) <= NAME_MAX and _NAME.fullmatch(name) else None
-
-
-def ascii_domain(domain: str) -> str:
-    """`bücher.example` -> `xn--bcher-kva.example` (IDNA 2008 with UTS 46 mapping, as email_validator does)."""
-    if domain.isascii():
-        return domain.lower()
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError as error:
-        raise UnsendableMessage(f"domain {domain!r} has no ASCII form: {error}") from None
-
-
-def wire_address(text: str) -> Address:
-    """`Name <local@domain>` or `local@domain` as an Address with an ASCII addr-spec."""
-    display_name, address = parseaddr(text)
-    local, _, domain = address.rpartition("@")
-    if not local or not domain:
-        raise UnsendableMessage(f"not an email address: {text!r}")
-    if not local.isascii():
-        # Would need SMTPUTF8 end to end; most relays and many mailboxes do not offer it.
-        raise UnsendableMessage(f"mailbox name {local!r} is not ASCII: cannot be sent without SMTPUTF8")
-    return Address(display_name=_one_line(display_name), username=local, domain=ascii_domain(domain))
 
 
 def _structured(name: str, value: str) -> str:
     """A header value that goes on the wire verbatim: ASCII, one line, within 998 bytes."""
-    if not value.isascii() or _one_line(value) != value or len(name) + 2 + len(value) > MAX_LINE:
+    if not value.isascii() or one_line(value) != value or len(name) + 2 + len(value) > MAX_LINE:
         raise UnsendableMessage(f"{name} cannot be written as one plain ASCII line: {value[:80]!r}...")
     return value
-
-
-def wire_message_id(message_id: str) -> str:
-    """`<id@münchen.example>` -> `<id@xn--mnchen-3ya.example>`: the domain part comes from MAIL_FROM."""
-    left, _, domain = message_id.strip().strip("<>").rpartition("@")
-    return f"<{left}@{ascii_domain(domain)}>" if left else message_id
 
 
 def link(settings: Settings, path: str, purpose: str, contact: Any, ttl: float) -> str:
@@ -177,7 +140,7 @@ def compose(kind: str, contact: Any, message_id: str, settings: Settings) -> Ema
     if config.get("newsletter"):
         # RFC 2919 List-Id next to RFC 2369 List-Unsubscribe: a list header without it looks forged
         # (SpamAssassin's __LIST_PARTIAL). RFC 8058: clients show a button that POSTs to the URL, no page.
-        list_name = _one_line(config.get("list_name", "Newsletter"))
+        list_name = one_line(config.get("list_name", "Newsletter"))
         message["List-Id"] = _structured("List-Id", f"{list_name} <{config['list_id']}.{sender.domain}>")
         message["List-Unsubscribe"] = _structured("List-Unsubscribe", f"<{context['unsubscribe_url']}>")
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"

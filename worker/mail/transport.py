@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -28,23 +27,21 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from leadsync.config import Settings
+from leadsync.worker.mail.addresses import outbox_file_name
+from leadsync.worker.mail.errors import MailError, PermanentMailError, TemporaryMailError
+
+__all__ = [
+    "FolderTransport",
+    "MailError",
+    "MailTransport",
+    "PermanentMailError",
+    "SmtpTransport",
+    "TemporaryMailError",
+    "transport_from_settings",
+]
 
 Security = Literal["auto", "starttls", "tls", "none"]
 IMPLICIT_TLS_PORT = 465  # RFC 8314 "submissions"
-
-
-class MailError(Exception):
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class TemporaryMailError(MailError):
-    """Try again later: 4xx replies, refused or dropped connections, timeouts, TLS trouble."""
-
-
-class PermanentMailError(MailError):
-    """Do not retry: 5xx replies (unknown mailbox, rejected content), unsafe configuration."""
 
 
 class MailTransport(Protocol):
@@ -179,14 +176,15 @@ def _text(value: bytes | str) -> str:
 
 
 class FolderTransport:
-    """Writes each message as `<folder>/<message-id>.eml`, for the embedded default and for eyeballing."""
+    """Writes each message as `<folder>/<message-id>.eml` (`addresses.outbox_file_name`), for the embedded
+    default and for eyeballing."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def send(self, message: EmailMessage) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", str(message["Message-ID"]).strip("<>")) + ".eml"
+        name = outbox_file_name(str(message["Message-ID"]))
         temporary = self.folder / f".{name}.tmp"
         temporary.write_bytes(message.as_bytes())
         os.replace(temporary, self.folder / name)  # readers never see half a file
