@@ -16,12 +16,13 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from email.utils import parseaddr
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CONFIG_DIR = Path(str(files("leadsync.config")))
@@ -52,12 +53,17 @@ class Settings(BaseSettings):
 
     # Mail. No SMTP_HOST: mails are written as .eml files into var_dir/outbox.
     smtp_host: str | None = None
-    smtp_port: int = 587
+    smtp_port: int = Field(587, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_starttls: bool = False
-    smtp_timeout: float = 15.0
+    # auto: port 465 = implicit TLS, else STARTTLS (required unless the host is loopback); starttls / tls:
+    # always; none: plain text, and then SMTP_USERNAME/PASSWORD are refused for a non-local host
+    # (worker/mail/transport.py). The certificate and its host name are always verified when TLS is on.
+    smtp_security: Literal["auto", "starttls", "tls", "none"] = "auto"
+    smtp_ca_file: Path | None = None  # PEM bundle of a private CA; unset = the system's CAs
+    smtp_timeout: float = Field(15.0, gt=0, description="seconds for one SMTP conversation step")
     mail_from: str = "Regenerative Medicine Clinic <info@clinic.example>"
+    mail_reply_to: str | None = None  # where replies go; unset = MAIL_FROM
     info_packet_path: Path = CONFIG_DIR / "packet" / "info-packet.pdf"
     email_claim_lease_seconds: float = Field(
         600.0, gt=0, description="a send claimed this long ago without an outcome is handed out again"
@@ -137,6 +143,29 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return (value or "").strip() or None
+
+    @field_validator("smtp_security", "smtp_ca_file", "mail_reply_to", mode="before")
+    @classmethod
+    def _mail_blank_is_default(cls, value: object, info: ValidationInfo) -> object:
+        # compose passes `SMTP_CA_FILE=` as an empty string for an unset variable: that means "not set".
+        if isinstance(value, str) and not value.strip():
+            return "auto" if info.field_name == "smtp_security" else None
+        return value.strip().lower() if info.field_name == "smtp_security" and isinstance(value, str) else value
+
+    @field_validator("mail_from", "mail_reply_to")
+    @classmethod
+    def _check_mailbox(cls, value: str | None) -> str | None:
+        # `Name <local@domain>` or `local@domain`; a display name with a comma must be quoted.
+        if value is not None and "@" not in parseaddr(value)[1]:
+            raise ValueError(f'not a mailbox: {value!r} (use "Clinic name <info@clinic.example>", quoting commas)')
+        return value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"SMTP_CA_FILE {value} is not a readable file")
+        return value
 
     @field_validator("rate_limit_per_ip", "rate_limit_per_email", "rate_limit_links_per_ip")
     @classmethod

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 import click
@@ -23,10 +22,10 @@ from pydantic import SecretStr
 
 from leadsync.config import Settings
 from leadsync.config.settings import _mask_url_password
+from leadsync.worker.mail.transport import clear_text_login_refusal, is_loopback
 
 MIN_SECRET_BYTES = 32  # 256 bits: HMAC-SHA256's key strength; `openssl rand -base64 48` gives 48 bytes
 SECRET_HINT = "generate one with `openssl rand -base64 48`"
-LOCAL_HOSTS = {"localhost", "localhost.localdomain"}
 # Names whose values are never printed whole; SecretStr fields are masked whatever their name.
 _SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET")
 
@@ -67,21 +66,6 @@ def refuse_unsafe_start(settings: Settings, process: str) -> None:
         raise SystemExit(1)
 
 
-def _is_local(host: str) -> bool:
-    if host.lower() in LOCAL_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _smtp_uses_tls(settings: Settings) -> bool:
-    # SMTP_SECURITY (starttls | tls | none) where the Mail settings have it; SMTP_STARTTLS before it.
-    security = str(getattr(settings, "smtp_security", "") or "").strip().lower()
-    return bool(settings.smtp_starttls) or security not in ("", "none", "plain", "off", "false")
-
-
 def problems(settings: Settings) -> list[str]:
     """Everything an operator should fix before production; `leadsync check` exits 1 when there is any."""
     found = _required(settings)
@@ -93,12 +77,12 @@ def problems(settings: Settings) -> list[str]:
     if not (settings.ops_token and settings.ops_token.get_secret_value()):
         found.append("OPS_TOKEN is not set: /metrics answers 403 and state-changing commands ask for no token")
     credentials = bool(settings.smtp_username or settings.smtp_password)
-    if settings.smtp_host and credentials and not _smtp_uses_tls(settings) and not _is_local(settings.smtp_host):
-        found.append(f"SMTP_USERNAME/SMTP_PASSWORD would go to {settings.smtp_host} without TLS: turn TLS on")
+    if settings.smtp_host and (refusal := clear_text_login_refusal(settings.smtp_host, settings.smtp_security, credentials)):
+        found.append(refusal)
     trusted = [entry.strip() for entry in settings.forwarded_allow_ips.split(",")]
     if "*" in trusted:
         found.append("FORWARDED_ALLOW_IPS is '*': anyone can claim any address and walk past the per-IP limit")
-    if settings.public_base_url.startswith("http://") and not _is_local(_host_of(settings.public_base_url)):
+    if settings.public_base_url.startswith("http://") and not is_loopback(_host_of(settings.public_base_url)):
         found.append("PUBLIC_BASE_URL is plain http: links in emails (confirm, unsubscribe) would travel in clear")
     return found
 

@@ -113,11 +113,11 @@ def test_invalid_input_through_the_real_server_is_4xx_and_stores_nothing(stack: 
 
 
 def test_packet_email_is_a_readable_message(stack: LeadsyncStack, smtp: SmtpSink) -> None:
-    stack.post("info-packet", {"email": "dee@example.org", "first_name": "Dee <b>", "interest": "knees & hips"})
+    stack.post("info-packet", {"email": "dee@example.org", "first_name": "Dee", "interest": "knees & hips"})
     [message] = smtp.wait_for(1, timeout=15)
-    assert message["Subject"] == "Your FREE information packet, Dee <b>"
+    assert message["Subject"] == "Your FREE information packet"  # fixed: visitor text never reaches a subject
     assert message["Message-ID"].endswith("@clinic.example>")
     html = message.get_body(("html",)).get_content()
-    assert "Dee &lt;b&gt;" in html and "knees &amp; hips" in html  # escaped, never markup
-    assert "Dee <b>" in message.get_body(("plain",)).get_content()
+    assert "Hello Dee," in html and "knees" not in html  # free text is never echoed (issue 14)
+    assert "Hello Dee," in message.get_body(("plain",)).get_content()
     assert io.BytesIO(next(message.iter_attachments()).get_content()).read(4) == b"%PDF"

@@ -70,7 +70,7 @@ def test_check_masks_every_secret_and_passes_a_safe_configuration(tmp_path: Path
         **secrets,
         SMTP_HOST="smtp.relay.example",
         SMTP_USERNAME="apikey",
-        SMTP_STARTTLS="true",
+        SMTP_SECURITY="starttls",
         PUBLIC_BASE_URL="https://leads.clinic.example",
     )
     assert result.returncode == 0, result.stdout

@@ -20,12 +20,15 @@ import contextlib
 import ctypes
 import email
 import email.policy
+import functools
+import logging
 import os
 import pwd
 import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -49,8 +52,10 @@ __all__ = [
     "ReceivedMail",
     "RedisServer",
     "SmtpSink",
+    "TestCertificate",
     "find_binary",
     "free_port",
+    "make_test_certificate",
 ]
 
 
@@ -623,7 +628,9 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     message: EmailMessage
-    raw: bytes
+    raw: bytes  # the DATA exactly as received (dot-unstuffed), CRLF line ends: what tests check on the wire
+    tls: bool = False  # the conversation was encrypted (STARTTLS or implicit TLS) when MAIL came
+    authenticated: bool = False  # the client had logged in (AUTH) when MAIL came
 
 
 @dataclass
@@ -642,6 +649,8 @@ class _SinkHandler:
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
         if self.sink.auth is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        envelope.sink_tls = server.transport.get_extra_info("ssl_object") is not None
+        envelope.sink_authenticated = bool(session.authenticated)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -663,18 +672,110 @@ class _SinkHandler:
         return "250 Message accepted for delivery"
 
 
+_RECORDED_VERBS = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA")
+_SMTP_LOG = "mail.log"  # aiosmtpd's logger
+
+
+def _quiet_aiosmtpd_log() -> Path:
+    """aiosmtpd logs a few INFO lines per connection; they go to a file, not the test output."""
+    logger = logging.getLogger(_SMTP_LOG)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename)
+    path = _make_temp_dir("leadsync-smtp-log-") / "aiosmtpd.log"
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return path
+
+
+@functools.cache
+def _recording_smtp_class() -> type:
+    """aiosmtpd's SMTP that notes each command verb on the sink (`SmtpSink.commands`), before handling it."""
+    from aiosmtpd.smtp import SMTP
+
+    def recording(verb: str) -> Callable[..., Any]:
+        parent = getattr(SMTP, f"smtp_{verb}")
+
+        @functools.wraps(parent)  # keeps aiosmtpd's syntax markers (STARTTLS is offered only with TLS set up)
+        async def method(self: Any, arg: str | None) -> Any:
+            self.sink_commands.append(verb)
+            return await parent(self, arg)
+
+        return method
+
+    namespace: dict[str, Any] = {f"smtp_{verb}": recording(verb) for verb in _RECORDED_VERBS}
+    return type("RecordingSMTP", (SMTP,), namespace)
+
+
+def make_test_certificate(folder: Path, names: tuple[str, ...] = ("localhost", LOOPBACK)) -> TestCertificate:
+    """A throwaway private CA and a server certificate it signed for `names` (DNS names or IPs), via openssl.
+
+    Why a CA and not one self-signed certificate: that is what SMTP_CA_FILE is for in production (a
+    relay with a certificate from a private CA); the client trusts the CA file, the server shows the leaf.
+    """
+    openssl = _require_binary("openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    alt = ",".join(f"IP:{n}" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", n) else f"DNS:{n}" for n in names)
+    extensions = folder / "server.ext"
+    extensions.write_text(
+        f"subjectAltName={alt}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for command in (
+        [openssl, "req", "-x509", *ec, "-days", "2", "-subj", "/CN=leadsync test CA", "-keyout", str(ca_key),
+         "-out", str(ca), "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [openssl, "req", *ec, "-subj", f"/CN={names[0]}", "-keyout", str(key), "-out", str(csr)],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+         "-days", "2", "-out", str(cert), "-extfile", str(extensions)],
+    ):  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return TestCertificate(ca=ca, cert=cert, key=key)
+
+
+@dataclass(frozen=True)
+class TestCertificate:
+    """PEM files: `ca` is what a client trusts (SMTP_CA_FILE); `cert` + `key` are what the server shows."""
+
+    __test__ = False  # not a pytest test class, despite the name
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class SmtpSink(_Closable):
-    """An in-process SMTP server (aiosmtpd) that keeps every message it accepts.
+    """An in-process SMTP server (aiosmtpd) that keeps every message it accepts, as raw bytes too.
 
     ``fail_next`` makes it answer the next messages with a 4xx/5xx code, to test the worker's
     retry on temporary failures and its giving up on permanent ones. With ``auth=(user,
-    password)`` it requires AUTH PLAIN/LOGIN (without TLS) from clients.
+    password)`` it requires AUTH PLAIN/LOGIN from clients before MAIL. ``tls``: ``"none"`` (plain,
+    AUTH offered in clear), ``"starttls"`` (STARTTLS offered and required before anything else, AUTH
+    only after it) or ``"implicit"`` (TLS from the first byte, as on port 465), with ``certificate``
+    (see ``make_test_certificate``). ``commands`` lists the command verbs clients sent, in order.
+    aiosmtpd's own log goes to ``log_path``.
     """
 
-    def __init__(self, port: int | None = None, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        auth: tuple[str, str] | None = None,
+        tls: Literal["none", "starttls", "implicit"] = "none",
+        certificate: TestCertificate | None = None,
+    ) -> None:
+        if (tls == "none") != (certificate is None):
+            raise ValueError("a certificate is needed for tls='starttls'/'implicit', and only then")
         self.host = LOOPBACK
         self.port: int = port if port is not None else free_port()
         self.auth = auth
+        self.tls = tls
+        self.certificate = certificate
+        self.commands: list[str] = []
+        self.log_path = _quiet_aiosmtpd_log()
         self._received: list[ReceivedMail] = []
         self.rejections = 0
         self._cond = threading.Condition()
@@ -696,11 +797,33 @@ class SmtpSink(_Closable):
             return self
         kwargs: dict[str, Any] = {}
         if self.auth is not None:
-            # Login over plain TCP; MAIL without login is refused in the handler, not through
-            # auth_required, which warns about the missing TLS on every connection.
-            kwargs.update(authenticator=self._authenticate, auth_require_tls=False)
-        controller = Controller(
-            _SinkHandler(self), hostname=self.host, port=self.port, server_hostname="smtp-sink.test", **kwargs
+            # MAIL without login is refused in the handler, not through auth_required, which warns about
+            # the missing TLS on every connection. Implicit TLS: aiosmtpd only knows about STARTTLS, so
+            # auth_require_tls would refuse AUTH on a connection that is encrypted from the start.
+            kwargs.update(authenticator=self._authenticate, auth_require_tls=self.tls == "starttls")
+        ssl_context = None
+        if self.certificate is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # a server: no client certificates
+            context.load_cert_chain(self.certificate.cert, self.certificate.key)
+            if self.tls == "starttls":
+                kwargs.update(tls_context=context, require_starttls=True)
+            else:
+                ssl_context = context
+        sink = self
+
+        class RecordingController(Controller):  # type: ignore[misc]
+            def factory(self) -> Any:
+                server = _recording_smtp_class()(self.handler, **self.SMTP_kwargs)
+                server.sink_commands = sink.commands
+                return server
+
+        controller = RecordingController(
+            _SinkHandler(self),
+            hostname=self.host,
+            port=self.port,
+            server_hostname="smtp-sink.test",
+            ssl_context=ssl_context,
+            **kwargs,
         )
         controller.start()
         self._controller = controller
@@ -758,6 +881,7 @@ class SmtpSink(_Closable):
         """Forget received messages, rejection count and pending failures."""
         with self._cond:
             self._received.clear()
+            self.commands.clear()
             self.rejections = 0
             self._failure = None
 
@@ -823,7 +947,14 @@ class SmtpSink(_Closable):
     def _deliver(self, envelope: Any) -> None:
         raw: bytes = envelope.original_content or envelope.content
         message = cast(EmailMessage, email.message_from_bytes(raw, policy=email.policy.default))
-        mail = ReceivedMail(envelope.mail_from, tuple(envelope.rcpt_tos), message, raw)
+        mail = ReceivedMail(
+            envelope.mail_from,
+            tuple(envelope.rcpt_tos),
+            message,
+            raw,
+            tls=getattr(envelope, "sink_tls", False),
+            authenticated=getattr(envelope, "sink_authenticated", False),
+        )
         with self._cond:
             self._received.append(mail)
             self._cond.notify_all()

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import EmailAttempt, EmailSend, utcnow
+from leadsync.worker.mail.addresses import outbox_file_name
 from leadsync.worker.mail.sending import claim, deliver
 from leadsync.worker.mail.transport import FolderTransport, SmtpTransport
 from tests.conftest import apply_settings
@@ -109,3 +110,17 @@ def test_folder_transport_writes_a_complete_eml(settings: Settings) -> None:
 def test_smtp_password_never_shows_in_repr(monkeypatch, base_env) -> None:
     settings = apply_settings(monkeypatch, {**base_env, "SMTP_HOST": "mail.example", "SMTP_PASSWORD": "hunter2"})
     assert "hunter2" not in repr(SmtpTransport(settings)) and "hunter2" not in repr(settings)
+
+
+def test_outbox_file_is_named_from_the_stored_message_id(settings: Settings, monkeypatch, base_env) -> None:
+    # `forget` finds a person's .eml files by the Message-IDs stored in email_sends: same name, IDN domain or not.
+    configured = apply_settings(monkeypatch, {**base_env, "MAIL_FROM": "Klinik <info@klinik-müller.example>"})
+    send_id = queued_packet(configured)
+    assert (
+        deliver(get_sessionmaker(), send_id, FolderTransport(configured.mail_outbox_dir), configured).status == "sent"
+    )
+    with session_scope() as session:
+        stored = session.get_one(EmailSend, send_id).message_id
+    assert stored.endswith("@klinik-müller.example>")
+    [path] = list(configured.mail_outbox_dir.glob("*.eml"))
+    assert path.name == outbox_file_name(stored) == f"{send_id}.packet_xn--klinik-mller-klb.example.eml"

@@ -1,21 +1,34 @@
-"""Building emails from the Jinja2 templates and `config/emails.toml`.
+"""Building emails from the Jinja2 templates and `config/emails.toml`, right on the wire.
 
-Each email kind (`info_packet`, `newsletter_confirm`) names its subject, templates and extras there.
-Newsletter-related kinds carry a signed unsubscribe link and the RFC 8058 one-click headers.
+Each email kind (`info_packet`, `newsletter_confirm`) names its fixed subject, templates and extras there.
+Newsletter-related kinds carry a signed unsubscribe link, the RFC 8058 one-click headers and a List-Id.
+
+What a visitor typed reaches an email in one place only: a plain first name in the greeting (escaped in
+HTML, dropped if it looks like anything but a name). Subjects are fixed text; interest and message are
+never handed to a template (the template context holds no contact).
+
+On the wire (RFC 5322, RFC 2369/8058): structured headers (Message-ID, List-*, addresses) are plain
+ASCII, never RFC 2047 encoded-words (Python's default folding turns a long URL into encoded-words, which
+Gmail and Yahoo do not decode in List-Unsubscribe); an IDN domain goes as punycode; a non-ASCII display
+name is an encoded-word inside the display name only. Bodies are quoted-printable/base64, so no line
+exceeds 998 bytes.
 
 Example:
     >>> message = compose("info_packet", contact, message_id="<id.packet@clinic.example>", settings=settings)
     >>> message["Subject"]
-    'Your FREE information packet, Ann'
+    'Your FREE information packet'
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import formatdate
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,9 +37,36 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from leadsync.config import Settings
 from leadsync.config.settings import CONFIG_DIR
 from leadsync.signing import sign
+from leadsync.worker.mail.addresses import one_line, wire_address, wire_message_id
+from leadsync.worker.mail.errors import UnsendableMessage
 
 CONFIRM_TTL = 7 * 86400  # a confirmation link works for a week
 UNSUBSCRIBE_TTL = 5 * 365 * 86400  # unsubscribe links must keep working
+MAX_LINE = 998  # RFC 5322 2.1.1: bytes per line, without CRLF
+# Written as given, one line: Python's folder would turn a long URL into encoded-words.
+VERBATIM_HEADERS = frozenset({"message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post"})
+# A first name as people write them ("Ann", "Mary-Jane", "O'Brien", "J. R.", "José", "李"): letters joined by
+# one space, hyphen or apostrophe, a dot only before a space or at the end. No digits, ":", "/", "@", "<":
+# nothing a mail client could turn into a link ("evil.example" fails: a dot inside a word).
+_NAME = re.compile(r"[^\W\d_]+(?:\.?[ '\u2019-][^\W\d_]+)*\.?")
+NAME_MAX = 60
+
+
+class WirePolicy(EmailPolicy):
+    """`email.policy.default`, except that the structured headers in VERBATIM_HEADERS are never refolded."""
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() in VERBATIM_HEADERS:
+            return f"{name}: {value}{self.linesep}"
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() in VERBATIM_HEADERS:
+            return self.fold(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+WIRE_POLICY = WirePolicy()
 
 
 @lru_cache(maxsize=1)
@@ -34,20 +74,39 @@ def _environment() -> Environment:
     # Autoescape HTML so a name like "<script>" arrives as text, never markup.
     return Environment(
         loader=FileSystemLoader(CONFIG_DIR / "templates"),
-        autoescape=select_autoescape(["html"], default_for_string=False),  # the subject is plain text
-        undefined=StrictUndefined,
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,  # a template asking for anything not in the context fails loudly
     )
 
 
 @lru_cache(maxsize=1)
 def email_config() -> dict[str, Any]:
-    with (CONFIG_DIR / "emails.toml").open("rb") as file:
-        return tomllib.load(file)
+    """config/emails.toml, checked (see `load_email_config`), read once."""
+    return load_email_config(CONFIG_DIR / "emails.toml")
 
 
-def _one_line(text: str) -> str:
-    """Header-safe: no CR/LF or other control characters can reach a header."""
-    return re.sub(r"\s+", " ", re.sub(r"[\x00-\x1f\x7f]", " ", text)).strip()
+def load_email_config(path: Path) -> dict[str, Any]:
+    """An emails.toml, checked: every subject is fixed text (no template syntax, one line)."""
+    with path.open("rb") as file:
+        config = tomllib.load(file)
+    for kind, entry in config.items():
+        subject = entry["subject"]
+        if "{{" in subject or "{%" in subject or one_line(subject) != subject:
+            raise ValueError(f"emails.toml [{kind}] subject must be fixed text on one line: {subject!r}")
+    return config
+
+
+def greeting_name(first_name: str | None) -> str | None:
+    """The first name for "Hello Ann,", or None when it is not plainly a name (then the greeting has none)."""
+    name = one_line(first_name or "")
+    return name if len(name) <= NAME_MAX and _NAME.fullmatch(name) else None
+
+
+def _structured(name: str, value: str) -> str:
+    """A header value that goes on the wire verbatim: ASCII, one line, within 998 bytes."""
+    if not value.isascii() or one_line(value) != value or len(name) + 2 + len(value) > MAX_LINE:
+        raise UnsendableMessage(f"{name} cannot be written as one plain ASCII line: {value[:80]!r}...")
+    return value
 
 
 def link(settings: Settings, path: str, purpose: str, contact: Any, ttl: float) -> str:
@@ -56,26 +115,39 @@ def link(settings: Settings, path: str, purpose: str, contact: Any, ttl: float) 
 
 
 def compose(kind: str, contact: Any, message_id: str, settings: Settings) -> EmailMessage:
-    """The email of `kind` for `contact`: text and HTML parts, attachments and headers as configured."""
+    """The email of `kind` for `contact`: text and HTML parts, attachments and headers as configured.
+
+    Raises UnsendableMessage (a PermanentMailError) when an address cannot go on the wire as ASCII.
+    """
     config = email_config()[kind]
     environment = _environment()
-    context: dict[str, Any] = {"contact": contact, "settings": settings}
+    # The whole template context: no contact object, so no template can echo interest or message.
+    context: dict[str, Any] = {"first_name": greeting_name(contact.first_name)}
     if config.get("newsletter"):
         context["confirm_url"] = link(settings, "/newsletter/confirm", "confirm", contact, CONFIRM_TTL)
         context["unsubscribe_url"] = link(settings, "/newsletter/unsubscribe", "unsubscribe", contact, UNSUBSCRIBE_TTL)
 
-    message = EmailMessage()
-    message["Subject"] = _one_line(environment.from_string(config["subject"]).render(context))
-    message["From"] = settings.mail_from
-    message["To"] = contact.email
+    sender = wire_address(settings.mail_from)
+    message = EmailMessage(policy=WIRE_POLICY)
+    message["Subject"] = config["subject"]  # fixed text from emails.toml, never visitor text
+    message["From"] = sender
+    message["To"] = Address(addr_spec=wire_address(contact.email).addr_spec)  # the bare address: no visitor text
+    if settings.mail_reply_to:
+        message["Reply-To"] = wire_address(settings.mail_reply_to)
     message["Date"] = formatdate(localtime=False)
-    message["Message-ID"] = message_id  # stable across retries, so receivers can spot a duplicate
+    # Stable across retries, so receivers can spot a duplicate.
+    message["Message-ID"] = _structured("Message-ID", wire_message_id(message_id))
     if config.get("newsletter"):
-        # RFC 8058: mail clients show an unsubscribe button that POSTs to this URL, no page needed.
-        message["List-Unsubscribe"] = f"<{context['unsubscribe_url']}>"
+        # RFC 2919 List-Id next to RFC 2369 List-Unsubscribe: a list header without it looks forged
+        # (SpamAssassin's __LIST_PARTIAL). RFC 8058: clients show a button that POSTs to the URL, no page.
+        list_name = one_line(config.get("list_name", "Newsletter"))
+        message["List-Id"] = _structured("List-Id", f"{list_name} <{config['list_id']}.{sender.domain}>")
+        message["List-Unsubscribe"] = _structured("List-Unsubscribe", f"<{context['unsubscribe_url']}>")
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(environment.get_template(config["text"]).render(context))
-    message.add_alternative(environment.get_template(config["html"]).render(context), subtype="html")
+    message.set_content(environment.get_template(config["text"]).render(context), cte="quoted-printable")
+    message.add_alternative(
+        environment.get_template(config["html"]).render(context), subtype="html", cte="quoted-printable"
+    )
     if config.get("attachment_name"):
         message.add_attachment(
             settings.info_packet_path.read_bytes(),

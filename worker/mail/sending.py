@@ -3,6 +3,7 @@
     pending/retry --claim--> sending --SMTP accepted--> sent
                                      --4xx/connection--> retry (backoff) ... --> failed (past the retry budget)
                                      --5xx-------------> failed
+             (a message that cannot be written on the wire, e.g. a non-ASCII mailbox name) ---> failed
 
 The claim is one conditional UPDATE, so a redelivered task or a second worker finds nothing to do.
 The one window SMTP cannot close: the server accepted the message and the worker died before
@@ -24,6 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
@@ -81,9 +83,14 @@ def deliver(
         session.add(attempt)
         session.flush()
         attempt_id, attempts, message_id, created_at = attempt.id, send.attempts, send.message_id, send.created_at
-        message = compose(send.kind, contact, message_id, settings)
+        try:
+            message: EmailMessage | PermanentMailError = compose(send.kind, contact, message_id, settings)
+        except PermanentMailError as error:  # e.g. an address that cannot go on the wire as ASCII
+            message = error
 
     try:
+        if isinstance(message, PermanentMailError):
+            raise message
         transport.send(message)
     except (TemporaryMailError, PermanentMailError) as error:
         # Temporary failures are retried for a time budget, not a count: an SMTP outage of an hour

@@ -1,73 +1,169 @@
 """Mail transports behind one small interface: SMTP in production, a folder of `.eml` files by default.
 
-Failures are sorted into two classes the sender acts on: temporary (4xx, connection trouble: retry
-later) and permanent (5xx: retrying cannot help).
+SMTP speaks to relays the way they expect (SMTP_SECURITY): implicit TLS on 465, STARTTLS elsewhere,
+required for any host that is not loopback; the certificate and its host name are always verified
+(system CAs, or SMTP_CA_FILE). Credentials never go in clear text to a non-local host.
+
+Failures are sorted into two classes the sender acts on: temporary (4xx, connection trouble, TLS not
+offered or not verifiable: retry later, as Postfix defers mail when required TLS fails) and permanent
+(5xx, or a configuration that would leak the login: retrying cannot help).
 
 Example:
+    >>> plan_connection("smtp.postmarkapp.com", 587, "auto", has_credentials=True)
+    ConnectionPlan(tls='starttls', tls_required=True, loopback=False)
     >>> transport = transport_from_settings(get_settings())
     >>> transport.send(message)
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import re
 import smtplib
 import ssl
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from leadsync.config import Settings
+from leadsync.worker.mail.addresses import outbox_file_name
+from leadsync.worker.mail.errors import MailError, PermanentMailError, TemporaryMailError
 
+__all__ = [
+    "FolderTransport",
+    "MailError",
+    "MailTransport",
+    "PermanentMailError",
+    "SmtpTransport",
+    "TemporaryMailError",
+    "transport_from_settings",
+]
 
-class MailError(Exception):
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class TemporaryMailError(MailError):
-    """Try again later: 4xx replies, refused or dropped connections, timeouts."""
-
-
-class PermanentMailError(MailError):
-    """Do not retry: 5xx replies (unknown mailbox, rejected content)."""
+Security = Literal["auto", "starttls", "tls", "none"]
+IMPLICIT_TLS_PORT = 465  # RFC 8314 "submissions"
 
 
 class MailTransport(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 
 
+@dataclass(frozen=True)
+class ConnectionPlan:
+    """How to talk to the relay: `tls` is implicit (TLS from the first byte), starttls, or none."""
+
+    tls: Literal["implicit", "starttls", "none"]
+    tls_required: bool  # False only for STARTTLS to a loopback host that does not offer it
+    loopback: bool
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost` only: a name is never resolved (DNS could point it anywhere)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def clear_text_login_refusal(host: str, security: Security, has_credentials: bool) -> str | None:
+    """Why this configuration must not send (a login in clear text to a non-local host), else None."""
+    if has_credentials and security == "none" and not is_loopback(host):
+        return (
+            f"SMTP_SECURITY=none would send SMTP_USERNAME/SMTP_PASSWORD in clear text to {host}: refused. "
+            "Use SMTP_SECURITY=auto (STARTTLS on 587, TLS on 465) or unset the credentials."
+        )
+    return None
+
+
+def plan_connection(host: str, port: int, security: Security, has_credentials: bool) -> ConnectionPlan:
+    """The decision, as a pure function; PermanentMailError when the configuration would leak the login."""
+    refusal = clear_text_login_refusal(host, security, has_credentials)
+    if refusal:
+        raise PermanentMailError(refusal)
+    loopback = is_loopback(host)
+    if security == "tls" or (security == "auto" and port == IMPLICIT_TLS_PORT):
+        return ConnectionPlan("implicit", True, loopback)
+    if security == "none":
+        return ConnectionPlan("none", False, loopback)
+    # starttls: always required. auto: required off this machine; on loopback used when offered (a local
+    # Postfix without a certificate still works), and the login then never leaves the machine.
+    return ConnectionPlan("starttls", security == "starttls" or not loopback, loopback)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Verifies the certificate chain and the host name (create_default_context does both), TLS 1.2+."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class SmtpTransport:
-    """Delivers through an SMTP server (STARTTLS and login when configured)."""
+    """Delivers through an SMTP server: TLS as planned by `plan_connection`, login when configured."""
 
     def __init__(self, settings: Settings) -> None:
         self.host = settings.smtp_host or "localhost"
         self.port = settings.smtp_port
         self.timeout = settings.smtp_timeout
-        self.starttls = settings.smtp_starttls
+        self.security: Security = settings.smtp_security
+        self.ca_file = settings.smtp_ca_file
         self.username = settings.smtp_username
         self._password = settings.smtp_password
 
     def __repr__(self) -> str:  # never show the password
-        return f"SmtpTransport({self.host}:{self.port}, starttls={self.starttls})"
+        return f"SmtpTransport({self.host}:{self.port}, security={self.security})"
+
+    @property
+    def _credentials(self) -> tuple[str, str] | None:
+        password = self._password.get_secret_value() if self._password else ""
+        return (self.username, password) if self.username and password else None
 
     def send(self, message: EmailMessage) -> None:
+        plan = plan_connection(self.host, self.port, self.security, self._credentials is not None)
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-                if self.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.username and self._password:
-                    smtp.login(self.username, self._password.get_secret_value())
+            with self._connect(plan) as smtp:
+                self._login(smtp, plan)
                 smtp.send_message(message)
         except smtplib.SMTPRecipientsRefused as error:
             codes = [code for code, _ in error.recipients.values()]
             raise _classify(min(codes), f"recipient refused: {codes}") from None
         except smtplib.SMTPResponseException as error:
             raise _classify(error.smtp_code, _text(error.smtp_error)) from None
-        except (smtplib.SMTPException, OSError) as error:
+        except (smtplib.SMTPException, OSError) as error:  # ssl.SSLError (a failed verification) is an OSError
             raise TemporaryMailError(f"SMTP connection failed: {error.__class__.__name__}: {error}") from None
+
+    def _connect(self, plan: ConnectionPlan) -> smtplib.SMTP:
+        context = tls_context(self.ca_file) if plan.tls != "none" else None
+        if plan.tls == "implicit":
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            if plan.tls == "starttls":
+                smtp.ehlo()
+                if smtp.has_extn("starttls"):
+                    smtp.starttls(context=context)  # server_hostname = self.host: the name is checked
+                    smtp.ehlo()
+                elif plan.tls_required:
+                    # A relay that stops offering STARTTLS may be a downgrade on the path: wait, as Postfix does.
+                    raise TemporaryMailError(
+                        f"{self.host}:{self.port} does not offer STARTTLS (SMTP_SECURITY={self.security}): "
+                        "nothing sent in clear text"
+                    )
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _login(self, smtp: smtplib.SMTP, plan: ConnectionPlan) -> None:
+        credentials = self._credentials
+        if credentials is None:
+            return
+        encrypted = isinstance(smtp.sock, ssl.SSLSocket)
+        if not encrypted and not plan.loopback:  # plan_connection makes this unreachable; kept as the last guard
+            raise PermanentMailError(f"refusing to send the SMTP login in clear text to {self.host}")
+        smtp.login(*credentials)
 
 
 def _classify(code: int, text: str) -> MailError:
@@ -80,14 +176,15 @@ def _text(value: bytes | str) -> str:
 
 
 class FolderTransport:
-    """Writes each message as `<folder>/<message-id>.eml`, for the embedded default and for eyeballing."""
+    """Writes each message as `<folder>/<message-id>.eml` (`addresses.outbox_file_name`), for the embedded
+    default and for eyeballing."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def send(self, message: EmailMessage) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", str(message["Message-ID"]).strip("<>")) + ".eml"
+        name = outbox_file_name(str(message["Message-ID"]))
         temporary = self.folder / f".{name}.tmp"
         temporary.write_bytes(message.as_bytes())
         os.replace(temporary, self.folder / name)  # readers never see half a file
