@@ -31,6 +31,7 @@ from leadsync.storage.models import (
     SubmissionStatus,
     utcnow,
 )
+from leadsync.worker import erasure
 from leadsync.worker.crm.sync import AUTH_STATE, hubspot_status
 from leadsync.worker.signatures import broker_ping
 
@@ -89,6 +90,7 @@ def collect(settings: Settings) -> dict[str, Any]:
             }
             report["dead_letters"] = sum(report["dead_letters_by_kind"].values())
             auth = session.get(ServiceState, AUTH_STATE)
+            report["erasures"] = erasure.pending(session, now)
             report["hubspot"], hubspot_reasons, hubspot_notes = hubspot_status(session, now)
         report["reasons"] += hubspot_reasons
         report["notes"] += hubspot_notes
@@ -97,6 +99,13 @@ def collect(settings: Settings) -> dict[str, Any]:
         if auth is not None and not auth.value.get("ok"):
             report["reasons"].append(f"HubSpot refuses the token: {auth.value.get('detail')}")
         report["hubspot"]["auth_ok"] = auth is None or bool(auth.value.get("ok"))
+        owed = report["erasures"]
+        if owed["pending"] and owed["most_attempts"]:  # tried and failed: a person is still in HubSpot
+            report["reasons"].append(
+                f"{owed['pending']} HubSpot erasure(s) not done, retried until they are: {owed['last_error']}"
+            )
+        elif owed["pending"]:
+            report["notes"].append(f"{owed['pending']} HubSpot erasure(s) under way")
         if report["dead_letters"]:
             report["notes"].append(f"{report['dead_letters']} dead letters: see `leadsync failed list`")
         if report["emails"].get("failed"):
@@ -172,6 +181,16 @@ def render(report: dict[str, Any], console: Any = None) -> None:
             if hubspot.get("paused_until"):
                 line.append(f"  paused until {hubspot['paused_until']}", "yellow")
             grid.add_row("hubspot", line)
+        owed = report.get("erasures") or {"pending": 0}
+        if owed["pending"]:
+            grid.add_row(
+                "erasures",
+                Text(
+                    f"{owed['pending']} HubSpot delete(s) owed, oldest {_duration(owed['oldest_seconds'])}, "
+                    f"next try {owed['next_attempt_at'] or 'now'}",
+                    "yellow",
+                ),
+            )
         letters = report["dead_letters"]
         by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(report["dead_letters_by_kind"].items()))
         grid.add_row(

@@ -5,6 +5,8 @@
 - `email_sends`: one row per email we decided to send (pending -> sending -> sent | failed).
 - `email_attempts`: every SMTP attempt and its outcome.
 - `dead_letters`: work that failed for good, for `leadsync failed list|retry|discard`.
+- `suppressions`: forgotten people, as a keyed hash of the address only.
+- `erasures`: HubSpot deletes still owed for forgotten people (retried until HubSpot confirms).
 """
 
 from __future__ import annotations
@@ -214,11 +216,38 @@ class DeadLetter(Base):
     )
 
 
+class SuppressionScheme:
+    HMAC = "hmac-sha256"  # HMAC-SHA256 of the address keyed by the signing key: useless without the secret
+    LEGACY = "sha256"  # unkeyed, written before 0008: anyone could test an address against it (see privacy.py)
+
+
 class Suppression(Base):
-    """A forgotten person: only a hash of the address, so old queued work cannot bring them back."""
+    """A forgotten person: only a keyed hash of the address, so old queued work cannot bring them back."""
 
     __tablename__ = "suppressions"
 
     email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(String(32))  # erasure
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheme: Mapped[str] = mapped_column(String(16), default=SuppressionScheme.HMAC)
+
+
+class Erasure(Base):
+    """A HubSpot delete still owed for a forgotten person (worker/erasure.py): a durable job, retried by the
+    worker until HubSpot confirms, then deleted. It is the one place the address stays in clear after
+    `forget`, because HubSpot's GDPR delete by email needs it; it goes with the row."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email_key: Mapped[str] = mapped_column(String(64), unique=True)  # the suppression's keyed hash
+    email: Mapped[str | None] = mapped_column(String(320))  # None once the delete by email is done
+    hubspot_ids: Mapped[dict[str, Any]]  # {"ids": [record id, ...]} to delete by id
+    version: Mapped[int] = mapped_column(default=1)  # bumped when a flush adds a record id while a run is out
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hold_until: Mapped[datetime | None]  # a flush had the contact leased: delete once more after its lease
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_erasures_due", "next_attempt_at"),)
