@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import func, select
 
 from leadsync.cli import main
 from leadsync.config import Settings
 from leadsync.contacts import safe_cell
 from leadsync.storage.db import session_scope
-from leadsync.storage.models import Contact
+from leadsync.storage.models import Contact, Erasure, Submission
+from tests.integration.test_pipeline import count
+from tests.support.hubspot_emulator import HubSpotEmulator
+from tests.support.services import SmtpSink
+from tests.support.stack import LeadsyncStack, wait_for
+
+HUBSPOT_TOKEN = "pat-na1-red-team-privacy"
 
 # The OWASP CSV-injection payloads (https://owasp.org/www-community/attacks/CSV_Injection), their usual
 # variants, and the same behind the whitespace and invisible characters spreadsheets skip.
@@ -90,3 +102,67 @@ def test_the_csv_export_never_hands_a_spreadsheet_a_formula(settings: Settings) 
             stored = payload[:64] if column == "hubspot_id" else payload
             assert row[column] == "'" + stored, (column, payload, row[column])  # shown as text, never run
         assert row["requested"].startswith("packet: ") or row["requested"] == "newsletter"
+
+
+@pytest.fixture
+def stack(tmp_path: Path, base_env: dict[str, str], smtp: SmtpSink) -> Iterator[tuple[LeadsyncStack, HubSpotEmulator]]:
+    emulator = HubSpotEmulator(token=HUBSPOT_TOKEN).start()
+    env = {
+        **base_env,
+        "SMTP_HOST": smtp.host,
+        "SMTP_PORT": str(smtp.port),
+        "HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN,
+        "HUBSPOT_BASE_URL": emulator.url,
+        "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
+        "FORM_TOKEN_SECRET": "red-team-privacy-secret",
+    }
+    running = LeadsyncStack(env, tmp_path / "stack").start()
+    yield running, emulator
+    running.stop()
+    emulator.stop()
+
+
+def leadsync(running: LeadsyncStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "leadsync", *args],
+        cwd=running.workdir,
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.integration
+def test_forget_while_hubspot_answers_503_finishes_by_itself_when_it_is_back(
+    stack: tuple[LeadsyncStack, HubSpotEmulator],
+) -> None:
+    running, hubspot = stack
+    answer = running.post("info-packet", {"email": "ann@example.org", "first_name": "Ann", "last_name": "Lee"})
+    assert answer.status_code == 202, answer.text
+    record = wait_for(lambda: hubspot.contact_by_email("ann@example.org"), what="Ann synced to HubSpot")
+    hubspot.fail_for(3600, 503)  # HubSpot is down
+    forgotten = leadsync(running, "forget", "ann@example.org", "--yes")
+    assert forgotten.returncode == 0, forgotten.stderr
+    assert "erased locally: 1 submissions" in forgotten.stdout
+    assert "HubSpot: not done yet" in forgotten.stdout and "leadsync status" in forgotten.stdout
+    assert count(running, select(func.count()).select_from(Contact)) == 0
+    assert count(running, select(func.count()).select_from(Submission)) == 0
+    assert count(running, select(func.count()).where(Erasure.hubspot_ids.is_not(None))) == 1  # durable
+    status = leadsync(running, "status", "--json")
+    report = json.loads(status.stdout)
+    assert status.returncode == 1 and report["erasures"]["pending"] == 1  # degraded until HubSpot confirms
+    assert any("HubSpot erasure" in reason and "503" in reason for reason in report["reasons"]), report["reasons"]
+    assert hubspot.contact_by_email("ann@example.org") is not None  # still there: HubSpot refused
+
+    hubspot.fail_for(0)  # HubSpot is back: the worker's beat finishes the job, nobody runs anything
+    wait_for(
+        lambda: count(running, select(func.count()).select_from(Erasure)) == 0,
+        timeout=60,
+        what="the erasure job done by the worker",
+    )
+    assert hubspot.contact_by_email("ann@example.org") is None and record["id"] not in hubspot.contacts
+    assert "ann@example.org" in hubspot.erased_emails  # the delete by email went through too
+    report = json.loads(leadsync(running, "status", "--json").stdout)
+    assert report["erasures"] == {"pending": 0}
+    assert not any("erasure" in reason for reason in report["reasons"])
