@@ -27,6 +27,7 @@ from leadsync.storage.models import (
     DeadLetterStatus,
     EmailSend,
     ServiceState,
+    SpamCount,
     Submission,
     SubmissionStatus,
     utcnow,
@@ -70,6 +71,25 @@ def collect(settings: Settings) -> dict[str, Any]:
                 select(Submission.form, Submission.status, func.count()).group_by(Submission.form, Submission.status)
             ).all():
                 by_form.setdefault(str(form), {})[str(status)] = count
+            # Spam is counted, not stored (only a daily sample is): the counters are the totals.
+            spam_by_form = dict(
+                session.execute(select(SpamCount.form, func.sum(SpamCount.count)).group_by(SpamCount.form)).all()
+            )
+            for form in set(by_form) | set(spam_by_form):
+                by_form.setdefault(str(form), {}).pop(SubmissionStatus.SPAM, None)
+                if spam_by_form.get(form):
+                    by_form[str(form)][SubmissionStatus.SPAM] = int(spam_by_form[form])
+            report["submissions"].pop(SubmissionStatus.SPAM, None)
+            if spam_by_form:
+                report["submissions"][SubmissionStatus.SPAM] = int(sum(spam_by_form.values()))
+            report["spam_today"] = {
+                str(reason): int(n)
+                for reason, n in session.execute(
+                    select(SpamCount.reason, func.sum(SpamCount.count))
+                    .where(SpamCount.day == now.date())
+                    .group_by(SpamCount.reason)
+                ).all()
+            }
             report["submissions_by_form"] = by_form
             report["outbox_pending"] = report["submissions"].get(SubmissionStatus.PENDING, 0)
             report["outbox_oldest_pending_seconds"] = _age(now, oldest)
@@ -168,6 +188,7 @@ def render(report: dict[str, Any], console: Any = None) -> None:
                 style="yellow" if oldest > STALE_PENDING.total_seconds() else "",
             ),
         )
+        grid.add_row("spam today", _counts_text(report.get("spam_today") or {}))
         grid.add_row("contacts", str(report["contacts"]))
         grid.add_row("emails", _counts_text(report["emails"]))
         crm = f"{_counts_text(report['crm'])}; oldest unsynced change {_duration(report['crm_sync_lag_seconds'])}"

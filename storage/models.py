@@ -7,15 +7,16 @@
 - `dead_letters`: work that failed for good, for `leadsync failed list|retry|discard`.
 - `suppressions`: forgotten people, as a keyed hash of the address only.
 - `erasures`: HubSpot deletes still owed for forgotten people (retried until HubSpot confirms).
+- `spam_counts`: spam posts counted per day, form and reason (only a small sample is kept as submissions).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -51,7 +52,7 @@ class Base(DeclarativeBase):
 class SubmissionStatus:
     PENDING = "pending"  # stored, not yet processed by the worker
     PROCESSED = "processed"
-    SPAM = "spam"  # stored for counting; never processed
+    SPAM = "spam"  # a sample of the day's spam (storage/submissions.py); never processed
     FAILED = "failed"  # processing raised an unexpected error; see dead_letters
 
 
@@ -251,3 +252,18 @@ class Erasure(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_erasures_due", "next_attempt_at"),)
+
+
+class SpamCount(Base):
+    """Spam posts counted, not stored: one row a day, form and reason (honeypot, token_*, ip_rate, email_rate).
+
+    A flood adds nothing here but a counter bump; only the first SPAM_SAMPLE_PER_DAY of each (day, form,
+    reason) are kept as `submissions` rows, cut short, for operations to look at (storage/submissions.py).
+    """
+
+    __tablename__ = "spam_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # UTC
+    form: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)

@@ -14,19 +14,25 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from starlette.testclient import TestClient
 
 from leadsync.cli import main
 from leadsync.config import Settings
 from leadsync.contacts import safe_cell
-from leadsync.storage.db import session_scope
-from leadsync.storage.models import Contact, Erasure, Submission
+from leadsync.forms.app import create_app
+from leadsync.forms.submit import store_batch
+from leadsync.storage.db import get_engine, session_scope
+from leadsync.storage.models import Contact, Erasure, SpamCount, Submission
+from leadsync.storage.submissions import SAMPLE_TEXT, SPAM_SAMPLE_PER_DAY, NewSubmission
+from tests.conftest import apply_settings
 from tests.integration.test_pipeline import count
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink
 from tests.support.stack import LeadsyncStack, wait_for
 
 HUBSPOT_TOKEN = "pat-na1-red-team-privacy"
+MB = 1024 * 1024
 
 # The OWASP CSV-injection payloads (https://owasp.org/www-community/attacks/CSV_Injection), their usual
 # variants, and the same behind the whitespace and invisible characters spreadsheets skip.
@@ -68,8 +74,8 @@ HARMLESS = ["Ann", "Jean-Luc", "O'Brien", "a=b", "x@y", "1+1", "Ann \u200b", ""]
 def test_every_owasp_payload_is_neutralized_and_harmless_text_is_not() -> None:
     for payload in OWASP_PAYLOADS:
         assert safe_cell(payload) == "'" + payload, repr(payload)
-    for text in HARMLESS:
-        assert safe_cell(text) == text, repr(text)
+    for harmless in HARMLESS:
+        assert safe_cell(harmless) == harmless, repr(harmless)
 
 
 @pytest.mark.parametrize("backend", ["embedded"])  # the export reads with plain queries: one backend is enough
@@ -166,3 +172,97 @@ def test_forget_while_hubspot_answers_503_finishes_by_itself_when_it_is_back(
     report = json.loads(leadsync(running, "status", "--json").stdout)
     assert report["erasures"] == {"pending": 0}
     assert not any("erasure" in reason for reason in report["reasons"])
+
+
+# ------------------------------------------------------------------------------------------ the flood
+
+LONG = {  # every field at its longest: a full spam row was ~24 KB
+    "first_name": "Bot",
+    "interest": "i" * 200,
+    "message": "m" * 5000,
+    "page_url": "https://clinic.example/" + "p" * 2000,
+    **{f"utm_{name}": "u" * 255 for name in ("source", "medium", "campaign", "term", "content")},
+    "website": "http://spam.example/" + "w" * 2000,
+}
+
+
+def flood_post(reason: str = "honeypot") -> NewSubmission:
+    """What the endpoint hands the group commit for a honeypot post with every field at its longest."""
+    fields = {key: value for key, value in LONG.items() if key != "website"}
+    return NewSubmission(
+        form="info_packet",
+        email="victim@example.org",
+        fields=fields,
+        raw={**LONG, "email": "victim@example.org"},
+        ip="203.0.113.66",
+        user_agent="a" * 512,
+        page_url=LONG["page_url"],
+        utm={key: value for key, value in LONG.items() if key.startswith("utm_")},
+        consent={"newsletter": False, "text_version": "2026-11", "ip": "203.0.113.66", "user_agent": "a" * 512},
+        spam_reason=reason,
+    )
+
+
+def database_bytes() -> int:
+    """Tables, indexes and TOAST on PostgreSQL; the database's pages on SQLite (its write-ahead log included:
+    page_count is the size as the database sees it, not only what was checkpointed to the main file)."""
+    engine = get_engine()
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            return int(
+                connection.scalar(
+                    text(
+                        "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'"
+                    )
+                )
+            )
+        pages = connection.exec_driver_sql("PRAGMA page_count").scalar_one()
+        return int(pages * connection.exec_driver_sql("PRAGMA page_size").scalar_one())
+
+
+def spam_counted() -> dict[str, int]:
+    with session_scope() as session:
+        return {reason: n for reason, n in session.execute(select(SpamCount.reason, SpamCount.count))}
+
+
+def test_100000_honeypot_posts_from_one_address_add_less_than_10_mb(settings: Settings) -> None:
+    """In bulk through the group commit's writer (`store_batch`, what the endpoint calls), 200 a transaction
+    as under load; the HTTP path is checked on a smaller flood below."""
+    store_batch([flood_post()])  # the tables' first pages exist before measuring
+    before = database_bytes()
+    batch = [flood_post()] * 200
+    for _ in range(500):
+        outcomes = store_batch(batch)
+        assert all(outcome.created for outcome in outcomes)  # answered like a success, so the bot learns nothing
+    grown = database_bytes() - before
+    assert grown < 10 * MB, f"the database grew {grown / MB:.2f} MB"
+    assert spam_counted() == {"honeypot": 100_001}
+    with session_scope() as session:
+        samples = session.scalars(select(Submission)).all()
+    assert len(samples) == SPAM_SAMPLE_PER_DAY  # a sample to look at, not 100,000 rows
+    assert all(len(json.dumps(sample.raw)) < 3000 for sample in samples)
+    assert all(len(sample.raw["message"]) == SAMPLE_TEXT and sample.spam_reason == "honeypot" for sample in samples)
+
+
+def test_a_flood_over_http_is_answered_like_success_counted_and_not_stored(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, base_env: dict[str, str]
+) -> None:
+    configured = apply_settings(monkeypatch, {**base_env, "RATE_LIMIT_PER_IP": "5 per hour"})
+    honeypot = {**LONG, "email": "victim@example.org"}
+    person = {key: value for key, value in honeypot.items() if key != "website"}
+    with TestClient(create_app(configured)) as client:
+        before = database_bytes()
+        for _ in range(300):  # the honeypot bot, then a bot over the per-IP limit
+            assert client.post("/forms/info-packet", json=honeypot).status_code == 202
+        answers = [client.post("/forms/info-packet", json=person).status_code for _ in range(100)]
+        grown = database_bytes() - before
+    assert answers == [202] * 100
+    assert spam_counted() == {"honeypot": 300, "ip_rate": 100}  # the honeypot posts count against the IP too
+    with session_scope() as session:
+        by_status = dict(session.execute(select(Submission.status, func.count()).group_by(Submission.status)).all())
+    assert by_status == {"spam": 2 * SPAM_SAMPLE_PER_DAY}
+    assert grown < 1 * MB, f"400 spam posts grew the database {grown / MB:.2f} MB"  # whole rows: ~10 MB
+    report = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)
+    assert report["spam_today"] == {"honeypot": 300, "ip_rate": 100}
+    assert report["submissions_by_form"]["info_packet"] == {"spam": 400}
