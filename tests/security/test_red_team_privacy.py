@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
+import string
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,13 +178,21 @@ def test_forget_while_hubspot_answers_503_finishes_by_itself_when_it_is_back(
 
 # ------------------------------------------------------------------------------------------ the flood
 
+_RANDOM = random.Random(14)
+
+
+def noise(length: int) -> str:
+    """Text that does not compress (PostgreSQL compresses long values: repeated letters would hide the size)."""
+    return "".join(_RANDOM.choices(string.ascii_letters + string.digits, k=length))
+
+
 LONG = {  # every field at its longest: a full spam row was ~24 KB
     "first_name": "Bot",
-    "interest": "i" * 200,
-    "message": "m" * 5000,
-    "page_url": "https://clinic.example/" + "p" * 2000,
-    **{f"utm_{name}": "u" * 255 for name in ("source", "medium", "campaign", "term", "content")},
-    "website": "http://spam.example/" + "w" * 2000,
+    "interest": noise(200),
+    "message": noise(5000),
+    "page_url": "https://clinic.example/" + noise(2000),
+    **{f"utm_{name}": noise(255) for name in ("source", "medium", "campaign", "term", "content")},
+    "website": "http://spam.example/" + noise(2000),
 }
 
 
@@ -195,7 +205,7 @@ def flood_post(reason: str = "honeypot") -> NewSubmission:
         fields=fields,
         raw={**LONG, "email": "victim@example.org"},
         ip="203.0.113.66",
-        user_agent="a" * 512,
+        user_agent=noise(512),
         page_url=LONG["page_url"],
         utm={key: value for key, value in LONG.items() if key.startswith("utm_")},
         consent={"newsletter": False, "text_version": "2026-11", "ip": "203.0.113.66", "user_agent": "a" * 512},
