@@ -95,13 +95,15 @@ class GroupCommit:
         except Exception as error:
             log.warning("group commit of %d submission(s) failed, each is answered 503: %r", len(batch), error)
             raise
-        stored = [o.submission_id for o in outcomes if o.created]
-        # Spam is stored for counting but never processed; a replayed Idempotency-Key was published before.
+        stored = [o.submission_id for o in outcomes if o.created and not o.counted_only]
+        # Spam is counted (a small sample stored) but never processed; a replayed Idempotency-Key was
+        # published before.
         ids = [o.submission_id for new, o in zip(batch, outcomes, strict=True) if o.created and not new.spam_reason]
-        if stored:
+        spam = sum(1 for new, o in zip(batch, outcomes, strict=True) if o.created and new.spam_reason)
+        if stored or spam:
             # One line a commit, not a request (a line costs about a tenth of a post's CPU); the ids let a
             # lead be followed from here into the worker's lines.
-            log.info("stored %d submission(s), %d spam", len(stored), len(stored) - len(ids), submission_ids=stored)
+            log.info("stored %d submission(s), %d spam counted", len(ids), spam, submission_ids=stored)
         if ids:
             self._publish(ids)
         return outcomes

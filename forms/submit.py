@@ -59,7 +59,7 @@ async def submit(request: Request) -> Response:
         return _errors(422, errors, html, form)
 
     new = _new_submission(request, form, parsed, payload, key)
-    # The same rules for every form and encoding; spam is stored and answered like a success (forms/spam.py).
+    # The same rules for every form and encoding; spam is counted and answered like a success (forms/spam.py).
     reason = await _guard(request).decide(parsed, new.email, new.ip)
     new = replace(new, spam_reason=reason)
     try:

@@ -420,23 +420,37 @@ def export_person_command(email: str) -> None:
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @changes_state
 def forget(email: str, yes: bool) -> None:
-    """Erase EMAIL's data here and in HubSpot (GDPR delete); keeps only a hashed suppression entry."""
-    from leadsync.storage.db import session_scope
+    """Erase EMAIL here (rows, outbox files) and in HubSpot (GDPR delete by record id and by email); keeps
+    only a keyed hash. With HubSpot away, its delete waits as a job the worker retries (`leadsync status`)."""
+    from leadsync.storage.db import get_sessionmaker, session_scope
+    from leadsync.worker import erasure
+    from leadsync.worker.privacy import erase_outbox, suppression_keys
     from leadsync.worker.privacy import forget as forget_person
     from leadsync.worker.tasks import crm_client
 
-    address = _normalized(email)
+    settings, address = get_settings(), _normalized(email)
     if not yes:
         click.confirm(f"Erase everything about {address}?", abort=True)
-    with session_scope() as session:
-        report = forget_person(session, address)
-    click.echo(f"erased locally: {report.submissions} submissions, {report.emails} emails")
-    crm = crm_client()
-    if crm is None:
-        click.echo("HubSpot: not configured (no HUBSPOT_ACCESS_TOKEN); nothing to delete there")
+    keys, crm, job = suppression_keys(settings), crm_client(), None
+    with session_scope() as session:  # the local erasure and the HubSpot job commit together
+        report = forget_person(session, address, keys)
+        if crm is not None or report.hubspot_id:
+            job = erasure.schedule(session, address, [report.hubspot_id], keys, hold_until=report.leased_until)
+    files = erase_outbox(settings.mail_outbox_dir, address, report.message_ids)
+    click.echo(
+        f"erased locally: {report.submissions} submissions, {report.emails} emails, {files} outbox files"
+        f", blanked in {report.redacted} other rows"
+    )
+    if job is None or crm is None:
+        waits = " (a delete of the record synced earlier waits for it: `leadsync status`)" if job else ""
+        click.echo(f"HubSpot: not configured (no HUBSPOT_ACCESS_TOKEN){waits}")
         return
-    crm.gdpr_delete(address)
-    click.echo("HubSpot: GDPR delete done")
+    outcomes = erasure.run(get_sessionmaker(), crm, job)
+    if outcomes and outcomes[0].done:
+        click.echo("HubSpot: GDPR delete done (by record id and by email)")
+    else:
+        why = outcomes[0].error if outcomes else "another worker is running it"
+        click.echo(f"HubSpot: not done yet ({why}); the worker retries until it is: see `leadsync status`")
 
 
 def _normalized(email: str) -> str:

@@ -3,7 +3,10 @@
 Sales work leads in HubSpot; this view answers, from leadsync's side, who asked for what and when,
 whether the packet went out, and whether (and where) the person is in HubSpot. The free-text message
 is left out on purpose: it may hold health details. CSV cells that a spreadsheet would run as a formula
-(`=`, `+`, `-`, `@` first) are prefixed with `'`, because the values come from a public web form.
+are prefixed with `'`, because the values come from a public web form: a cell whose first character, after
+any whitespace and invisible format characters (zero-width space, BOM, word joiner: Unicode category Cf),
+is `=`, `+`, `-`, `@`, a tab or a carriage return (the OWASP CSV-injection rule; spreadsheets skip those
+invisible characters before they look for a formula).
 
 Example:
     >>> with session_scope() as session:
@@ -16,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +33,7 @@ from leadsync.storage.models import Contact, EmailSend
 
 PACKET_KIND = "info_packet"
 HUBSPOT_APP_URL = "https://app.hubspot.com"
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
 @dataclass(frozen=True)
@@ -173,11 +177,24 @@ CSV_FIELDS = (
 )
 
 
-def _safe(value: object) -> str:
+def _first_visible(text: str) -> str:
+    """The first character a spreadsheet would read: leading whitespace (but tab and CR, which are
+    themselves a trigger) and format characters (category Cf: U+200B..U+200D, U+2060, U+FEFF...) skipped."""
+    for char in text:
+        if char in FORMULA_STARTS:
+            return char
+        if char.isspace() or unicodedata.category(char) == "Cf":
+            continue
+        return char
+    return ""
+
+
+def safe_cell(value: object) -> str:
+    """One CSV cell; text a spreadsheet would run as a formula gets a leading `'` (shown, never run)."""
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "'" + text if _first_visible(text) in FORMULA_STARTS else text
 
 
 def write_csv(rows: Iterable[SalesRow], out: IO[str]) -> int:
@@ -186,6 +203,6 @@ def write_csv(rows: Iterable[SalesRow], out: IO[str]) -> int:
     writer.writerow(CSV_FIELDS)
     count = 0
     for row in rows:
-        writer.writerow([_safe(getattr(row, name)) for name in CSV_FIELDS])
+        writer.writerow([safe_cell(getattr(row, name)) for name in CSV_FIELDS])
         count += 1
     return count

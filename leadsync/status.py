@@ -27,10 +27,12 @@ from leadsync.storage.models import (
     DeadLetterStatus,
     EmailSend,
     ServiceState,
+    SpamCount,
     Submission,
     SubmissionStatus,
     utcnow,
 )
+from leadsync.worker import erasure
 from leadsync.worker.crm.sync import AUTH_STATE, hubspot_status
 from leadsync.worker.signatures import broker_ping
 
@@ -69,6 +71,25 @@ def collect(settings: Settings) -> dict[str, Any]:
                 select(Submission.form, Submission.status, func.count()).group_by(Submission.form, Submission.status)
             ).all():
                 by_form.setdefault(str(form), {})[str(status)] = count
+            # Spam is counted, not stored (only a daily sample is): the counters are the totals.
+            spam_by_form = dict(
+                session.execute(select(SpamCount.form, func.sum(SpamCount.count)).group_by(SpamCount.form)).all()
+            )
+            for form in set(by_form) | set(spam_by_form):
+                by_form.setdefault(str(form), {}).pop(SubmissionStatus.SPAM, None)
+                if spam_by_form.get(form):
+                    by_form[str(form)][SubmissionStatus.SPAM] = int(spam_by_form[form])
+            report["submissions"].pop(SubmissionStatus.SPAM, None)
+            if spam_by_form:
+                report["submissions"][SubmissionStatus.SPAM] = int(sum(spam_by_form.values()))
+            report["spam_today"] = {
+                str(reason): int(n)
+                for reason, n in session.execute(
+                    select(SpamCount.reason, func.sum(SpamCount.count))
+                    .where(SpamCount.day == now.date())
+                    .group_by(SpamCount.reason)
+                ).all()
+            }
             report["submissions_by_form"] = by_form
             report["outbox_pending"] = report["submissions"].get(SubmissionStatus.PENDING, 0)
             report["outbox_oldest_pending_seconds"] = _age(now, oldest)
@@ -89,6 +110,7 @@ def collect(settings: Settings) -> dict[str, Any]:
             }
             report["dead_letters"] = sum(report["dead_letters_by_kind"].values())
             auth = session.get(ServiceState, AUTH_STATE)
+            report["erasures"] = erasure.pending(session, now)
             report["hubspot"], hubspot_reasons, hubspot_notes = hubspot_status(session, now)
         report["reasons"] += hubspot_reasons
         report["notes"] += hubspot_notes
@@ -97,6 +119,13 @@ def collect(settings: Settings) -> dict[str, Any]:
         if auth is not None and not auth.value.get("ok"):
             report["reasons"].append(f"HubSpot refuses the token: {auth.value.get('detail')}")
         report["hubspot"]["auth_ok"] = auth is None or bool(auth.value.get("ok"))
+        owed = report["erasures"]
+        if owed["pending"] and owed["most_attempts"]:  # tried and failed: a person is still in HubSpot
+            report["reasons"].append(
+                f"{owed['pending']} HubSpot erasure(s) not done, retried until they are: {owed['last_error']}"
+            )
+        elif owed["pending"]:
+            report["notes"].append(f"{owed['pending']} HubSpot erasure(s) under way")
         if report["dead_letters"]:
             report["notes"].append(f"{report['dead_letters']} dead letters: see `leadsync failed list`")
         if report["emails"].get("failed"):
@@ -159,6 +188,7 @@ def render(report: dict[str, Any], console: Any = None) -> None:
                 style="yellow" if oldest > STALE_PENDING.total_seconds() else "",
             ),
         )
+        grid.add_row("spam today", _counts_text(report.get("spam_today") or {}))
         grid.add_row("contacts", str(report["contacts"]))
         grid.add_row("emails", _counts_text(report["emails"]))
         crm = f"{_counts_text(report['crm'])}; oldest unsynced change {_duration(report['crm_sync_lag_seconds'])}"
@@ -172,6 +202,16 @@ def render(report: dict[str, Any], console: Any = None) -> None:
             if hubspot.get("paused_until"):
                 line.append(f"  paused until {hubspot['paused_until']}", "yellow")
             grid.add_row("hubspot", line)
+        owed = report.get("erasures") or {"pending": 0}
+        if owed["pending"]:
+            grid.add_row(
+                "erasures",
+                Text(
+                    f"{owed['pending']} HubSpot delete(s) owed, oldest {_duration(owed['oldest_seconds'])}, "
+                    f"next try {owed['next_attempt_at'] or 'now'}",
+                    "yellow",
+                ),
+            )
         letters = report["dead_letters"]
         by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(report["dead_letters_by_kind"].items()))
         grid.add_row(

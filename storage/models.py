@@ -5,15 +5,18 @@
 - `email_sends`: one row per email we decided to send (pending -> sending -> sent | failed).
 - `email_attempts`: every SMTP attempt and its outcome.
 - `dead_letters`: work that failed for good, for `leadsync failed list|retry|discard`.
+- `suppressions`: forgotten people, as a keyed hash of the address only.
+- `erasures`: HubSpot deletes still owed for forgotten people (retried until HubSpot confirms).
+- `spam_counts`: spam posts counted per day, form and reason (only a small sample is kept as submissions).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -49,7 +52,7 @@ class Base(DeclarativeBase):
 class SubmissionStatus:
     PENDING = "pending"  # stored, not yet processed by the worker
     PROCESSED = "processed"
-    SPAM = "spam"  # stored for counting; never processed
+    SPAM = "spam"  # a sample of the day's spam (storage/submissions.py); never processed
     FAILED = "failed"  # processing raised an unexpected error; see dead_letters
 
 
@@ -217,11 +220,53 @@ class DeadLetter(Base):
     )
 
 
+class SuppressionScheme:
+    HMAC = "hmac-sha256"  # HMAC-SHA256 of the address keyed by the signing key: useless without the secret
+    LEGACY = "sha256"  # unkeyed, written before 0008: anyone could test an address against it (see privacy.py)
+
+
 class Suppression(Base):
-    """A forgotten person: only a hash of the address, so old queued work cannot bring them back."""
+    """A forgotten person: only a keyed hash of the address, so old queued work cannot bring them back."""
 
     __tablename__ = "suppressions"
 
     email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(String(32))  # erasure
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheme: Mapped[str] = mapped_column(String(16), default=SuppressionScheme.HMAC)
+
+
+class Erasure(Base):
+    """A HubSpot delete still owed for a forgotten person (worker/erasure.py): a durable job, retried by the
+    worker until HubSpot confirms, then deleted. It is the one place the address stays in clear after
+    `forget`, because HubSpot's GDPR delete by email needs it; it goes with the row."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email_key: Mapped[str] = mapped_column(String(64), unique=True)  # the suppression's keyed hash
+    email: Mapped[str | None] = mapped_column(String(320))  # None once the delete by email is done
+    hubspot_ids: Mapped[dict[str, Any]]  # {"ids": [record id, ...]} to delete by id
+    version: Mapped[int] = mapped_column(default=1)  # bumped when a flush adds a record id while a run is out
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hold_until: Mapped[datetime | None]  # a flush had the contact leased: delete once more after its lease
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_erasures_due", "next_attempt_at"),)
+
+
+class SpamCount(Base):
+    """Spam posts counted, not stored: one row a day, form and reason (honeypot, token_*, ip_rate, email_rate).
+
+    A flood adds nothing here but a counter bump; only the first SPAM_SAMPLE_PER_DAY of each (day, form,
+    reason) are kept as `submissions` rows, cut short, for operations to look at (storage/submissions.py).
+    """
+
+    __tablename__ = "spam_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # UTC
+    form: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)

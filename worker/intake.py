@@ -40,7 +40,7 @@ from leadsync.worker.merge import (
     submission_values,
     subscribes,
 )
-from leadsync.worker.privacy import suppressed_since
+from leadsync.worker.privacy import suppressed_since, suppression_keys
 
 PACKET = "info_packet"
 CONFIRM = "newsletter_confirm"
@@ -78,7 +78,8 @@ def process_submissions(
         .order_by(Submission.received_at, Submission.id)  # one lock order for every worker: no deadlock
         .with_for_update()
     ).all()
-    forgotten = suppressed_since(session, {submission.email for submission in submissions})
+    emails = {submission.email for submission in submissions}
+    forgotten = suppressed_since(session, emails, suppression_keys(settings))
     live = []
     for submission in submissions:
         if submission.email in forgotten and submission.received_at <= forgotten[submission.email]:

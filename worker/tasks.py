@@ -19,7 +19,7 @@ from leadsync import logs, metrics
 from leadsync.config import get_settings
 from leadsync.storage.db import get_engine, get_sessionmaker, session_scope
 from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus, utcnow
-from leadsync.worker import dead_letters, signatures
+from leadsync.worker import dead_letters, erasure, signatures
 from leadsync.worker.celery_app import app
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.mapping import Mapping, load_mapping
@@ -195,8 +195,11 @@ def _log_delivery(send_id: str, delivery: Delivery) -> None:
 
 @app.task(name="leadsync.flush_crm")
 def flush_crm() -> dict[str, Any]:
-    """Sync one batch of pending contacts; a full batch means more may wait, so go again at once."""
+    """Run the due HubSpot erasures, then sync one batch of pending contacts; a full batch means more may
+    wait, so go again at once."""
     settings = get_settings()
+    # HubSpot deletes owed for forgotten people go first: beat runs this task every few seconds.
+    erasure.run(get_sessionmaker(), crm_client())
     report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings)
     metrics.count_hubspot(report.calls, report.rate_limited)
     if report.full(settings.crm_batch_size):

@@ -10,7 +10,7 @@ from leadsync.config import Settings
 from leadsync.storage.db import session_scope
 from leadsync.storage.models import Contact, EmailSend, Submission
 from leadsync.worker.intake import process_submissions
-from leadsync.worker.privacy import forget
+from leadsync.worker.privacy import forget, suppression_keys
 from tests.worker.helpers import submit
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -103,7 +103,7 @@ def test_the_daily_cap_counts_the_emails_queued_earlier_in_the_same_batch(settin
 
 def test_a_forgotten_person_in_flight_is_not_brought_back_by_the_batch(settings: Settings) -> None:
     with session_scope() as session:
-        forget(session, "gone@example.org", now=T0 + timedelta(hours=1))
+        forget(session, "gone@example.org", suppression_keys(settings), now=T0 + timedelta(hours=1))
     # Received before the erasure, stored after it (it was in flight): the suppression entry catches it.
     gone = submit("info-packet", received_at=T0, email="gone@example.org", first_name="G")
     stays = submit("info-packet", received_at=T0, email="stays@example.org", first_name="S")

@@ -351,6 +351,11 @@ class HubSpotCrm:
         """
         self._call(self._basic.purge_with_http_info, PublicGdprDeleteInput(object_id=email, id_property="email"))
 
+    def gdpr_delete_record(self, record_id: str) -> None:
+        """Erase one contact record for good (GDPR delete by record id): the record we synced, even if its
+        email was changed in HubSpot since. An unknown id is a CrmRejected with status 404."""
+        self._call(self._basic.purge_with_http_info, PublicGdprDeleteInput(object_id=record_id))
+
     def set_subscription(
         self, email: str, subscription_id: str, subscribed: bool, legal_basis: str, explanation: str
     ) -> str:

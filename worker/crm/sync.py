@@ -23,6 +23,11 @@ What each failure does:
   flusher pauses with a growing, jittered backoff (service state `hubspot_pause`).
 - 429 / no rate-limit slot soon: the batch is given back untouched for the next flush.
 
+A person forgotten while a flush holds them is never re-created: before each write call the flush drops the
+contacts whose row is gone (`leadsync forget` deletes it, with the suppression entry, in one transaction),
+and a contact written while it was being forgotten has its new record id added to the erasure job
+(worker/erasure.py), which deletes it again.
+
 With HUBSPOT_SUBSCRIPTION_ID set, a newsletter status that became subscribed/unsubscribed is then pushed
 to HubSpot's communication preferences, one call per contact (worker/crm/preferences.py). A contact whose
 push did not happen stays pending; a refused push rejects it like a refused input.
@@ -48,7 +53,7 @@ from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
 from leadsync.storage.models import Contact, CrmStatus, ServiceState, utcnow
-from leadsync.worker import dead_letters
+from leadsync.worker import dead_letters, erasure
 from leadsync.worker.crm.hubspot import (
     MAX_BATCH,
     CrmAuthError,
@@ -63,6 +68,7 @@ from leadsync.worker.crm.hubspot import (
 )
 from leadsync.worker.crm.mapping import Mapping, contact_properties
 from leadsync.worker.crm.preferences import PreferenceChange, PushOutcome, owed, push
+from leadsync.worker.privacy import suppression_keys
 
 log = logging.getLogger(__name__)
 
@@ -202,23 +208,46 @@ def flush_pending(
     calls, rate_limited = crm.stats.calls, crm.stats.rate_limited
     progress = _Progress()
     failure: CrmError | None = None
+
+    def alive(contacts: list[Claimed]) -> list[Claimed]:
+        return _not_forgotten(session_factory, contacts)
+
     try:
-        _sync(crm, mapping, claimed, progress)
-        _push_preferences(crm, subscription_id, claimed, progress)
+        _sync(crm, mapping, claimed, progress, alive)
+        _push_preferences(crm, subscription_id, alive(claimed), progress)
     except CrmError as error:
         failure = error
     report.calls = crm.stats.calls - calls
     report.preferences = len(progress.preferences.pushed)
     report.rate_limited = crm.stats.rate_limited - rate_limited
     report.synced, report.rejected, report.deferred = _record(session_factory, claimed, progress, failure, now)
+    _erase_written_in_flight(session_factory, claimed, progress, suppression_keys(settings))
     _after(session_factory, crm, failure, now)
     if failure is not None:
         report.error = str(failure)
     return report
 
 
-def _sync(crm: HubSpotCrm, mapping: Mapping, claimed: list[Claimed], progress: _Progress) -> None:
-    """Updates by id first, then upserts by email (including records HubSpot no longer has)."""
+def _not_forgotten(session_factory: Callable[[], Session], contacts: list[Claimed]) -> list[Claimed]:
+    """The contacts whose row still exists: `forget` deletes the row (and writes the suppression entry)
+    in one transaction, so a row that exists is not forgotten. One indexed query, before each write."""
+    if not contacts:
+        return []
+    with session_factory() as session:
+        present = set(session.scalars(select(Contact.id).where(Contact.id.in_([c.contact_id for c in contacts]))))
+    return [c for c in contacts if c.contact_id in present]
+
+
+def _sync(
+    crm: HubSpotCrm,
+    mapping: Mapping,
+    claimed: list[Claimed],
+    progress: _Progress,
+    alive: Callable[[list[Claimed]], list[Claimed]],
+) -> None:
+    """Updates by id first, then upserts by email (including records HubSpot no longer has); contacts
+    forgotten since the lease (`alive` drops them) are not written."""
+    claimed = alive(claimed)
     to_update = [c for c in claimed if c.hubspot_id]
     upserts = [c for c in claimed if not c.hubspot_id]
     if to_update:
@@ -234,6 +263,8 @@ def _sync(crm: HubSpotCrm, mapping: Mapping, claimed: list[Claimed], progress: _
                 del progress.errors[contact.contact_id]
                 progress.stale.add(contact.contact_id)
                 upserts.append(contact)
+    if upserts and to_update:
+        upserts = alive(upserts)  # the updates took a while: anyone forgotten meanwhile is not re-created
     if upserts:
         inputs = [WriteInput(c.email, c.by_email, c.trace_id) for c in upserts]
         _absorb(progress, write_batch(crm, mapping, crm.upsert_by_email, inputs))
@@ -415,6 +446,22 @@ def _record(
                 known,
             )
     return len(synced), len(rejected), len(leftover)
+
+
+def _erase_written_in_flight(
+    session_factory: Callable[[], Session], claimed: list[Claimed], progress: _Progress, keys: list[bytes]
+) -> None:
+    """Contacts HubSpot wrote whose row went while the call was out: forgotten meanwhile. Their record
+    ids join the erasure job (created again if it already finished), so HubSpot deletes them."""
+    written = [c for c in claimed if c.contact_id in progress.ids]
+    gone = {c.contact_id for c in written} - {c.contact_id for c in _not_forgotten(session_factory, written)}
+    if not gone:
+        return
+    with session_factory() as session, session.begin():
+        for contact in written:
+            if contact.contact_id in gone:
+                log.warning("contact %s was forgotten while HubSpot wrote it; deleting it there", contact.trace_id)
+                erasure.schedule(session, contact.email, [progress.ids[contact.contact_id]], keys)
 
 
 # ---------------------------------------------------------------------- service state: stop, pause, budget
