@@ -1,16 +1,30 @@
-"""Group commit: submissions arriving together share one transaction and one broker message."""
+"""Group commit: submissions arriving together share one transaction and one broker message.
+
+"One transaction" is observed from the database's side: SQLAlchemy's engine events record every statement
+sent and every COMMIT/ROLLBACK, and on PostgreSQL the rows' `xmin` (the id of the transaction that wrote
+them) must be one and the same.
+
+Example:
+    with Transactions(Engine) as seen: ...; assert seen.committed == [["SELECT ...", "INSERT INTO submissions"]]
+"""
 
 from __future__ import annotations
 
 import asyncio
+from types import TracebackType
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from leadsync.config import Settings
 from leadsync.forms.app import create_app
 from leadsync.forms.group_commit import GroupCommit
 from leadsync.forms.submit import store_batch
+from leadsync.storage.db import get_engine
 from leadsync.storage.submissions import NewSubmission
 from leadsync.worker.signatures import enqueue_submissions
 from tests.test_forms_api import queued_tasks, submissions
@@ -32,6 +46,52 @@ def message_args(message: dict) -> list:
     return json.loads(base64.b64decode(message["body"]))[0]
 
 
+class Transactions:
+    """Statements sent, grouped by the transaction they ended in (COMMIT or ROLLBACK).
+
+    Listening on the Engine class catches every engine of the process (the writer's own is cached per
+    call signature, so `get_engine()` in a test is not necessarily the object the writer uses).
+    """
+
+    def __init__(self, engine: Engine | type[Engine]) -> None:
+        self.engine = engine
+        self.current: list[str] = []
+        self.committed: list[list[str]] = []
+        self.rolled_back: list[list[str]] = []
+        self._hooks: list[tuple[str, Any]] = [
+            ("before_cursor_execute", self._statement),
+            ("commit", lambda conn: self._end(self.committed)),
+            ("rollback", lambda conn: self._end(self.rolled_back)),
+        ]
+
+    def _statement(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        words = statement.split()
+        self.current.append(" ".join(words[:3]) if words[:2] == ["INSERT", "INTO"] else words[0])
+
+    def _end(self, into: list[list[str]]) -> None:
+        if self.current:  # a pool's reset rollback of an idle connection is not a transaction of ours
+            into.append(self.current)
+        self.current = []
+
+    def writes(self, transactions: list[list[str]]) -> list[list[str]]:
+        return [[s for s in statements if s.startswith("INSERT")] for statements in transactions]
+
+    def __enter__(self) -> Transactions:
+        for name, hook in self._hooks:
+            event.listen(self.engine, name, hook)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for name, hook in self._hooks:
+            event.remove(self.engine, name, hook)
+
+
+def writer_transactions(settings: Settings) -> int:
+    """PostgreSQL: how many transactions wrote the stored submissions (`xmin`); SQLite has no such column."""
+    with get_engine().connect() as connection:
+        return connection.scalar(text("SELECT count(DISTINCT xmin::text) FROM submissions")) or 0
+
+
 def test_requests_queued_together_are_one_transaction_and_one_message(settings: Settings) -> None:
     commits = GroupCommit(store_batch, enqueue_submissions)
     batch = [new(n) for n in range(40)]
@@ -41,9 +101,14 @@ def test_requests_queued_together_are_one_transaction_and_one_message(settings: 
     async def post_all() -> list:
         return await asyncio.gather(*(commits.store(item) for item in batch))
 
-    outcomes = asyncio.run(post_all())
+    with Transactions(Engine) as seen:
+        outcomes = asyncio.run(post_all())
 
     assert commits.batches == 1
+    # The database saw one COMMIT, holding one multi-row INSERT of all 43 (and nothing rolled back).
+    assert seen.writes(seen.committed) == [["INSERT INTO submissions"]] and seen.rolled_back == []
+    if settings.database_url.startswith("postgresql"):
+        assert writer_transactions(settings) == 1  # every row carries the same writing transaction id
     stored = submissions()
     assert len(stored) == 43  # 40 + one for the key (its repeat replays it) + 2 spam
     assert outcomes[41].created is False and outcomes[41].submission_id == outcomes[40].submission_id
@@ -55,23 +120,21 @@ def test_requests_queued_together_are_one_transaction_and_one_message(settings: 
 
 
 def test_a_failed_commit_fails_every_request_in_the_batch_and_the_writer_goes_on(settings: Settings) -> None:
-    calls = []
-
-    def store_or_fail(items: list[NewSubmission]) -> list:
-        calls.append(len(items))
-        if len(calls) == 1:
-            raise RuntimeError("database away")
-        return store_batch(items)
-
-    commits = GroupCommit(store_or_fail, enqueue_submissions)
+    commits = GroupCommit(store_batch, enqueue_submissions)
+    # The database itself refuses the batch: one row breaks a NOT NULL constraint inside the multi-row INSERT.
+    batch = [new(n) for n in range(5)]
+    batch[3] = NewSubmission(form=None, email="p3@example.org", fields={}, raw={})  # type: ignore[arg-type]
 
     async def scenario() -> tuple[list, object]:
-        first = await asyncio.gather(*(commits.store(new(n)) for n in range(5)), return_exceptions=True)
+        first = await asyncio.gather(*(commits.store(item) for item in batch), return_exceptions=True)
         later = await commits.store(new(6))
         return first, later
 
-    first, later = asyncio.run(scenario())
-    assert all(isinstance(result, RuntimeError) for result in first)
+    with Transactions(Engine) as seen:
+        first, later = asyncio.run(scenario())
+    assert all(isinstance(result, IntegrityError) for result in first)  # the database's refusal, for all five
+    assert seen.writes(seen.rolled_back) == [["INSERT INTO submissions"]]  # sent, refused, rolled back
+    assert seen.writes(seen.committed) == [["INSERT INTO submissions"]]  # then the next batch alone
     assert later.created and [s.email for s in submissions()] == ["p6@example.org"]  # nothing half-written
     assert published_ids(settings) == [later.submission_id]
 

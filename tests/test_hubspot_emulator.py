@@ -35,7 +35,7 @@ from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 from urllib3.exceptions import ReadTimeoutError
 
-from tests.support.hubspot_emulator import HubSpotEmulator
+from tests.support.hubspot_emulator import HubSpotEmulator, Strict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,7 @@ def hub(server: HubSpotEmulator) -> HubSpotEmulator:
     server.reset()
     server.rate_limit, server.window_seconds, server.daily_limit = 10_000, 10.0, 250_000
     server.search_lag_seconds = 0.0
+    server.strict = Strict()  # the convenient defaults; a test turns strict modes on itself
     return server
 
 
@@ -433,6 +434,79 @@ def test_raw_http_errors_keep_hubspot_shapes(hub: HubSpotEmulator) -> None:
     assert unknown.status_code == 404
     assert unknown.json()["status"] == "error"
     assert unknown.headers["X-HubSpot-RateLimit-Max"] == "10000"
+
+
+# ---------------------------------------------------------------------- strict modes and write counts
+
+
+def test_created_and_writes_count_every_write_per_email_not_the_final_set(
+    hub: HubSpotEmulator, upsert: Callable[..., Any], client: HubSpot
+) -> None:
+    first = upsert({"email": "once@example.com", "firstname": "A"}).results[0]
+    upsert({"email": "ONCE@example.com", "firstname": "B"})  # the same record, a second write
+    client.crm.contacts.basic_api.update(first.id, SimplePublicObjectInput(properties={"lastname": "C"}))
+    hub.add_contact({"email": "seeded@example.com"})  # seeding is not an API write
+    assert len(hub.contacts) == 2  # what a check on the final set would see: no sign of the repeats
+    assert hub.created == {"once@example.com": 1}
+    assert hub.writes == {"once@example.com": 3}
+
+
+def test_strict_no_partial_upserts_refuses_a_traced_batch_whole(
+    hub: HubSpotEmulator, upsert: Callable[..., Any]
+) -> None:
+    hub.strict = Strict(no_partial_upserts=True)
+    with pytest.raises(ApiException) as caught:
+        upsert({"email": "good@example.com"}, {"email": "not-an-email"}, trace=True)
+    assert caught.value.status == 400
+    assert error_body(caught.value)["errors"][0]["code"] == "INVALID_EMAIL"
+    assert hub.contacts == {} and not hub.writes
+
+
+def test_an_internationalized_address_is_invalid_email(hub: HubSpotEmulator, upsert: Callable[..., Any]) -> None:
+    result = upsert({"email": "jörg@example.de"}, {"email": "ok@example.de"}, trace=True)
+    assert [e.errors[0].code for e in result.errors] == ["INVALID_EMAIL"]
+    assert set(hub.created) == {"ok@example.de"}
+
+
+def test_strict_updates_do_not_echo_trace_ids(hub: HubSpotEmulator, client: HubSpot) -> None:
+    from hubspot.crm.contacts import BatchInputSimplePublicObjectBatchInput, SimplePublicObjectBatchInput
+
+    record = hub.add_contact({"email": "echo@example.com"})
+    batch_api = client.crm.contacts.batch_api
+    batch = BatchInputSimplePublicObjectBatchInput(
+        inputs=[SimplePublicObjectBatchInput(id=record["id"], object_write_trace_id="7", properties={"firstname": "E"})]
+    )
+    assert batch_api.update(batch).results[0].object_write_trace_id == "7"
+    hub.strict = Strict(no_update_trace_echo=True)
+    assert batch_api.update(batch).results[0].object_write_trace_id is None
+
+
+def test_strict_retry_after_and_no_daily_headers_on_429(
+    hub: HubSpotEmulator, client: HubSpot, upsert: Callable[..., Any]
+) -> None:
+    hub.strict = Strict(retry_after=3, daily_headers=False)
+    hub.fail_next(1, status=429)
+    # A POST: on a GET, urllib3 itself honours Retry-After on a 429 and retries before the client sees it.
+    with pytest.raises(ApiException) as caught:
+        upsert({"email": "later@example.com"})
+    assert caught.value.headers["Retry-After"] == "3"
+    basic_api = client.crm.contacts.basic_api
+    _, _, headers = basic_api.get_page_with_http_info()
+    assert "X-HubSpot-RateLimit-Daily" not in headers and "X-HubSpot-RateLimit-Daily-Remaining" not in headers
+    assert headers["X-HubSpot-RateLimit-Max"] == "10000"
+
+
+@pytest.mark.parametrize("body", ["html", "empty"])
+def test_strict_5xx_bodies_are_html_or_empty(hub: HubSpotEmulator, body: str) -> None:
+    hub.strict = Strict(error_body=body)  # type: ignore[arg-type]
+    hub.fail_next(1, status=502)
+    with httpx.Client(base_url=hub.url, headers={"Authorization": f"Bearer {hub.token}"}) as http:
+        answer = http.get("/crm/v3/objects/contacts")
+    assert answer.status_code == 502
+    if body == "html":
+        assert answer.headers["content-type"].startswith("text/html") and answer.text.startswith("<html>")
+    else:
+        assert answer.content == b""
 
 
 # ---------------------------------------------------------------------- communication preferences (v3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,15 @@ from tests.support.services import SmtpSink
 from tests.support.stack import LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
+
+# Celery's line for a finished task, e.g. "Task leadsync.process_submissions[3f..] succeeded in 0.04s: {'processed': 5"
+_BATCH_DONE = re.compile(r"Task leadsync\.process_submissions\[[^\]]+\] succeeded in [0-9.e-]+s: \{'processed': (\d+)")
+_SINGLE_DONE = re.compile(r"Task leadsync\.process_submission\[[^\]]+\] succeeded in [0-9.e-]+s: \{'skipped': False")
+
+
+def intake_done(log: str) -> int:
+    """Submissions this worker's log says it processed (batches, plus the one-by-one fallback)."""
+    return sum(int(n) for n in _BATCH_DONE.findall(log)) + len(_SINGLE_DONE.findall(log))
 
 
 @pytest.fixture
@@ -64,9 +74,12 @@ def test_50_concurrent_duplicate_posts_with_2_workers_give_1_contact_1_email_1_r
         timeout=15,
         what="the contact synced",
     )
-    # Both workers really took part (the race was real), and the result is still one of each.
-    logs = [log.read_text() for log in two_workers.workdir.glob("worker*.log")]
-    assert all("leadsync.process_submissions" in text and "succeeded" in text for text in logs)
+    # Both workers really took part (the race was real): each one's own task lines, not its start-up banner
+    # (which lists the task names too), and together they account for every submission exactly once.
+    per_worker = [intake_done(log.read_text()) for log in sorted(two_workers.workdir.glob("worker*.log"))]
+    assert len(per_worker) == 2 and all(per_worker), per_worker
+    assert sum(per_worker) == 50
+    assert hubspot.created == {"zoe@example.org": 1}
     assert scalar(select(func.count()).select_from(Contact)) == 1
     assert scalar(select(func.count()).select_from(EmailSend)) == 1
     assert len(smtp.messages) == 1

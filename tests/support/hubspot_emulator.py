@@ -10,6 +10,12 @@ that the real client deserializes every answer, so integration tests exercise th
         client = HubSpot(access_token=hub.token, host=hub.url)
 
 Tests can inspect and steer the state (``contacts``, ``calls()``, ``fail_next()``, ``delay_next()``...).
+``created`` and ``writes`` count, per email, the records created and every write that landed, so a test
+asserts "once" on what HubSpot did rather than on the final set of contacts (which merges by email).
+``strict=Strict(...)`` (or ``emulator.strict = ...`` between calls) turns on HubSpot's less convenient
+behaviours one by one; ``Strict.everything()`` turns them all on:
+
+    with HubSpotEmulator(strict=Strict(no_partial_upserts=True, retry_after=2.0)) as hub: ...
 Standalone, in the foreground (benchmarks, docker experiments):
 
     python -m tests.support.hubspot_emulator --port 8099 --token X --rate-limit 100
@@ -28,13 +34,13 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -328,6 +334,30 @@ class _BatchClaims:
 Handler = Callable[[_Req], tuple[int, Any]]
 
 
+@dataclass
+class Strict:
+    """HubSpot behaviours a client must survive, off by default so the plain emulator stays convenient.
+
+    Each one is documented HubSpot behaviour or seen in the field (see the field comments).
+    """
+
+    # Email upserts: one bad input refuses the whole batch with a 400 even when every input has an
+    # objectWriteTraceId (HubSpot's 207 partial success is not promised for upserts by a unique property).
+    no_partial_upserts: bool = False
+    # Batch update results without `objectWriteTraceId`: the client must match results by record id.
+    no_update_trace_echo: bool = False
+    # Seconds sent as `Retry-After` on every 429 (None: no header, HubSpot's usual answer on the 10 s window).
+    retry_after: float | None = None
+    # False: no X-HubSpot-RateLimit-Daily* headers (HubSpot omits them for OAuth apps).
+    daily_headers: bool = True
+    # Body of 5xx answers: HubSpot's JSON, an HTML error page from its edge, or nothing at all.
+    error_body: Literal["json", "html", "empty"] = "json"
+
+    @classmethod
+    def everything(cls) -> Strict:
+        return cls(True, True, 1.0, False, "html")
+
+
 def _prop(
     name: str,
     label: str,
@@ -488,8 +518,12 @@ class HubSpotEmulator:
         search_lag_seconds: float = 0.0,
         record_bodies: bool = True,
         max_calls: int = 100_000,
+        strict: Strict | None = None,
     ) -> None:
         self.token = token
+        self.strict = strict or Strict()
+        self.created: Counter[str] = Counter()  # email -> records created for it (through the API)
+        self.writes: Counter[str] = Counter()  # email -> writes that landed on its record (creates included)
         self.rate_limit = rate_limit
         self.window_seconds = window_seconds
         self.daily_limit = daily_limit
@@ -627,7 +661,7 @@ class HubSpotEmulator:
         """Seed a contact without HTTP (no call recorded, no rate limit); validated like an API create."""
         with self._lock:
             write = self._plan_create({"properties": properties}, _BatchClaims())
-            record_id = self._commit(write, upsert=False)["id"]
+            record_id = self._commit(write, upsert=False, count=False)["id"]
             return copy.deepcopy(self.contacts[record_id])
 
     def add_subscription(self, name: str, description: str = "") -> str:
@@ -677,6 +711,8 @@ class HubSpotEmulator:
             self._calls.clear()
             self._windows.clear()
             self._daily_used.clear()
+            self.created.clear()
+            self.writes.clear()
             self._fail_count = 0
             self._fail_until = 0.0
             self._delays.clear()
@@ -751,8 +787,11 @@ class HubSpotEmulator:
                     duration=time.monotonic() - started,
                 )
             )
-        if payload is None:
+        if payload is None or (status >= 500 and self.strict.error_body == "empty"):
             return Response(status_code=status, headers=headers)
+        if status >= 500 and self.strict.error_body == "html":
+            page = f"<html><head><title>{status}</title></head><body><h1>{status} Server Error</h1></body></html>"
+            return Response(page, status_code=status, headers=headers, media_type="text/html")
         content = json.dumps(payload, separators=(",", ":"))
         return Response(content, status_code=status, headers=headers, media_type="application/json;charset=utf-8")
 
@@ -796,7 +835,10 @@ class HubSpotEmulator:
 
     def _answer_error(self, err: HubSpotError) -> tuple[int, Any, dict[str, str]]:
         correlation_id = str(uuid.uuid4())
-        return err.status, err.render(correlation_id), self._headers(correlation_id)
+        headers = self._headers(correlation_id)
+        if err.status == 429 and self.strict.retry_after is not None:
+            headers["Retry-After"] = f"{self.strict.retry_after:g}"
+        return err.status, err.render(correlation_id), headers
 
     def _headers(self, correlation_id: str) -> dict[str, str]:
         """Rate-limit headers for the account's bucket, on every answer like HubSpot's edge."""
@@ -805,9 +847,12 @@ class HubSpotEmulator:
         if window is not None:
             self._prune(window, time.monotonic())
             used = len(window)
-        return {
+        daily = {
             "X-HubSpot-RateLimit-Daily": str(self.daily_limit),
             "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, self.daily_limit - self._daily_used.get(self.token, 0))),
+        }
+        return {
+            **(daily if self.strict.daily_headers else {}),
             "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(self.window_seconds * 1000)),
             "X-HubSpot-RateLimit-Max": str(self.rate_limit),
             "X-HubSpot-RateLimit-Remaining": str(max(0, self.rate_limit - used)),
@@ -1189,6 +1234,8 @@ class HubSpotEmulator:
         written and bad ones reported in a 207; otherwise one bad input rejects the whole batch."""
         started = _iso(time.time())
         traced = bool(inputs) and all(_trace_id(item) for item in inputs)
+        if upsert and self.strict.no_partial_upserts:
+            traced = False
         claims = _BatchClaims()
         writes: list[_Write] = []
         failures: list[tuple[dict[str, Any], HubSpotError]] = []
@@ -1208,7 +1255,9 @@ class HubSpotEmulator:
                 context=first.context,
                 sub_category=first.sub_category,
             )
-        results = [self._commit(write, upsert=upsert) for write in writes]
+        # Strict: batch updates (the only non-upsert batch the sync sends with trace ids) lose the echo.
+        echo = upsert or not self.strict.no_update_trace_echo
+        results = [self._commit(write, upsert=upsert, echo_trace=echo) for write in writes]
         body: dict[str, Any] = {
             "status": "COMPLETE",
             "results": results,
@@ -1221,16 +1270,20 @@ class HubSpotEmulator:
         body["errors"] = [err.batch_item(_trace_id(item)) for item, err in failures]
         return 207, body
 
-    def _commit(self, write: _Write, *, upsert: bool) -> dict[str, Any]:
+    def _commit(self, write: _Write, *, upsert: bool, count: bool = True, echo_trace: bool = True) -> dict[str, Any]:
         now = time.time()
         created = write.record_id is None
         record = self._new_record(now) if write.record_id is None else self.contacts[write.record_id]
         if self._apply(record, write.values, now) or created:
             self._reindex(record["id"])
+        email = record["properties"].get("email", "")
+        if count:
+            self.writes[email] += 1
+            self.created[email] += created
         out = self._write_view(record, write.echo)
         if upsert:
             out["new"] = created
-        if write.trace_id:
+        if write.trace_id and echo_trace:
             out["objectWriteTraceId"] = write.trace_id
         return out
 

@@ -24,7 +24,7 @@ from leadsync.worker.crm.hubspot import HubSpotCrm, RetryPolicy, WriteInput
 from leadsync.worker.crm.mapping import Mapping, load_mapping
 from leadsync.worker.crm.ratelimit import limiter_from_settings, memory_limiter
 from leadsync.worker.crm.sync import AUTH_STATE, PAUSE_STATE, RATE_STATE, FlushReport, flush_pending, write_batch
-from tests.support.hubspot_emulator import HubSpotEmulator
+from tests.support.hubspot_emulator import HubSpotEmulator, Strict
 from tests.worker.helpers import process, submit
 
 FAST = RetryPolicy(attempts=3, base=0.05, cap=0.2, max_wait=2.0)
@@ -188,22 +188,17 @@ def test_a_whole_batch_400_is_narrowed_to_the_bad_input(
 def test_an_unexplained_whole_batch_400_is_split_until_the_bad_input_stands_alone(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
-    good = [WriteInput(f"g{i}@example.org", {"firstname": f"G{i}"}, str(i)) for i in range(7)]
-    calls: list[int] = []
-
-    def send(batch: Any) -> Any:  # HubSpot refusing any batch that holds input "3" as a whole
-        calls.append(len(batch))
-        if any(item.trace_id == "3" for item in batch):
-            from leadsync.worker.crm.hubspot import CrmRejected
-
-            raise CrmRejected("HubSpot 400: Invalid input", [{"code": "INVALID_INPUT"}])
-        return crm.upsert_by_email(batch)
-
-    outcome = write_batch(crm, mapping(settings), send, good)
+    # HubSpot refusing the whole traced batch for one internationalized address (no 207 partial success).
+    hubspot.strict = Strict(no_partial_upserts=True)
+    inputs = [WriteInput(f"g{i}@example.org", {"firstname": f"G{i}"}, str(i)) for i in range(7)]
+    inputs[3] = WriteInput("jörg@example.de", {"firstname": "Jörg"}, "3")
+    outcome = write_batch(crm, mapping(settings), crm.upsert_by_email, inputs)
     assert set(outcome.ids) == {"0", "1", "2", "4", "5", "6"}
-    assert outcome.errors["3"].code == "INVALID_INPUT"
-    assert calls == [7, 3, 4, 2, 1, 1, 2]  # halving: 7 calls, not one per input
-    assert len(hubspot.contacts) == 6
+    assert outcome.errors["3"].code == "INVALID_EMAIL"
+    calls = [(call.status, call.inputs) for call in hubspot.calls("batch/upsert")]
+    assert calls == [(400, 7), (200, 3), (400, 4), (400, 2), (400, 1), (200, 1), (200, 2)]  # halving, not 1 by 1
+    assert hubspot.created == {f"g{i}@example.org": 1 for i in (0, 1, 2, 4, 5, 6)}  # each written once
+    assert hubspot.writes == hubspot.created
 
 
 # ---------------------------------------------------------------------- per-input failures (207)
@@ -470,6 +465,72 @@ def test_the_daily_limit_pauses_sync_and_shows_in_status(settings: Settings, hub
     report_status = collect(settings)
     assert report_status["hubspot"]["daily_remaining"] == 0
     assert report_status["hubspot"]["last_429_policy"] == "DAILY"
+
+
+def test_retry_after_from_hubspot_is_waited_out_then_the_batch_goes_through(
+    settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
+) -> None:
+    hubspot.strict = Strict(retry_after=3)
+    patient = RetryPolicy(attempts=3, base=0.05, cap=0.2, max_wait=5.0)  # waits up to 5 s (a longer wait defers)
+    crm = HubSpotCrm(hubspot.token, hubspot.url, timeout=5, limiter=crm.limiter, retry=patient)
+    people(settings, 2)
+    hubspot.fail_next(1, status=429)
+    report = flush(crm, settings)
+    assert (report.synced, report.calls, report.rate_limited) == (2, 2, 1)
+    upserts = hubspot.calls("batch/upsert")
+    # HubSpot's Retry-After, not our 1 s default for a bare 429.
+    assert [c.status for c in upserts] == [429, 200] and upserts[1].time - upserts[0].time >= 3
+
+
+@ONE_BACKEND
+def test_the_daily_limit_without_daily_headers_still_stops_sync(settings: Settings, hubspot: HubSpotEmulator) -> None:
+    # OAuth apps get no X-HubSpot-RateLimit-Daily* headers: the DAILY 429 body alone must stop the flushers.
+    hubspot.strict = Strict(daily_headers=False)
+    crm = crm_for(hubspot, settings)
+    crm.bootstrap(mapping(settings))
+    hubspot.daily_limit = hubspot.count()  # spent
+    people(settings, 2)
+    report = flush(crm, settings)
+    assert report.deferred == 2 and report.calls == 1 and report.rate_limited == 1
+    assert state(RATE_STATE)["last_429_policy"] == "DAILY"
+    assert flush(crm, settings).claimed == 0  # paused: no second call into a spent day
+    assert hubspot.count("batch/upsert") == 1 and not hubspot.writes
+
+
+STRICT_MODES = {
+    "no-partial-upserts": Strict(no_partial_upserts=True),
+    "no-update-trace-echo": Strict(no_update_trace_echo=True),
+    "retry-after": Strict(retry_after=1),
+    "no-daily-headers": Strict(daily_headers=False),
+    "html-5xx": Strict(error_body="html"),
+    "empty-5xx": Strict(error_body="empty"),
+    "everything": Strict.everything(),
+}
+
+
+@ONE_BACKEND
+@pytest.mark.parametrize("mode", STRICT_MODES)
+def test_the_sync_writes_each_contact_once_in_every_strict_mode(
+    settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm, mode: str
+) -> None:
+    hubspot.strict = STRICT_MODES[mode]
+    people(settings, 6)
+    with session_scope() as session:  # an internationalized address our form took, HubSpot refuses
+        session.execute(update(Contact).where(Contact.email == "p2@example.org").values(email="jörg@example.de"))
+    hubspot.fail_next(1, status=503)  # one 5xx (HTML or empty body in those modes) ...
+    assert flush(crm, settings).claimed == 6
+    hubspot.fail_next(1, status=429)  # ... and one 429 on the next write
+    people(settings, 1, start=0)  # p0 changes: the next flush updates its known record by id
+    for _ in range(3):
+        flush(crm, settings)
+    assert flush(crm, settings).claimed == 0  # nothing left pending: no write loop
+    good = [f"p{i}@example.org" for i in (0, 1, 3, 4, 5)]
+    assert hubspot.created == dict.fromkeys(good, 1)  # one record each, the refused address none
+    assert hubspot.writes == {**dict.fromkeys(good, 1), "p0@example.org": 2}  # p0: its create and one update
+    states = crm_states()
+    assert all(states[email] == ("synced", hubspot.contact_by_email(email)["id"]) for email in good)
+    assert states["jörg@example.de"] == ("rejected", None)
+    assert contact("jörg@example.de").crm_error.startswith("INVALID_EMAIL")
 
 
 # ---------------------------------------------------------------------- ids, email changes, stages

@@ -325,7 +325,7 @@ class HubSpotCrm:
                 ]
             )
             response = self._call(self._batch.upsert_with_http_info, batch)
-            outcome.merge(self._outcome(response, {item.key.lower(): item.trace_id for item in chunk}))
+            outcome.merge(self._outcome(response, by_email={item.key.lower(): item.trace_id for item in chunk}))
         return outcome
 
     def update_by_id(self, inputs: Sequence[WriteInput]) -> WriteOutcome:
@@ -341,7 +341,9 @@ class HubSpotCrm:
                 ]
             )
             response = self._call(self._batch.update_with_http_info, batch)
-            outcome.merge(self._outcome(response, {}))
+            # HubSpot does not always echo the trace id on updates: the record id we sent names the input too
+            # (without it, an updated contact would stay pending and be written again on every flush).
+            outcome.merge(self._outcome(response, by_id={item.key: item.trace_id for item in chunk}))
         return outcome
 
     def gdpr_delete(self, email: str) -> None:
@@ -375,12 +377,15 @@ class HubSpotCrm:
         return str(self._call(method, request).status)
 
     @staticmethod
-    def _outcome(response: Any, trace_by_email: dict[str, str]) -> WriteOutcome:
+    def _outcome(
+        response: Any, by_email: dict[str, str] | None = None, by_id: dict[str, str] | None = None
+    ) -> WriteOutcome:
         outcome = WriteOutcome()
         for record in response.results or []:
             trace_id = getattr(record, "object_write_trace_id", None)
-            if not trace_id:  # older answers without the echo: match upserts by email
-                trace_id = trace_by_email.get(((record.properties or {}).get("email") or "").lower())
+            if not trace_id:  # answers without the echo: match upserts by email, updates by record id
+                email = ((record.properties or {}).get("email") or "").lower()
+                trace_id = (by_email or {}).get(email) or (by_id or {}).get(str(record.id))
             if trace_id:
                 outcome.ids[str(trace_id)] = str(record.id)
         for error in getattr(response, "errors", None) or []:

@@ -1,0 +1,117 @@
+"""Exactly-once at its real edge: the worker SIGKILLed after the SMTP server answered 250 and before `sent`.
+
+This is the one window the claim in mail/sending.py cannot close. The drill opens it on purpose, many times
+over, and measures what leaves the system: the envelope recipients and raw bytes the SMTP server received,
+watched for longer than lease + sweep + grace after the last send, so a late duplicate cannot slip past.
+
+Example:
+    .venv/bin/pytest tests/integration/test_exactly_once.py -q -s   # -s prints the measured duplicate rate
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from leadsync.storage.models import EmailAttempt, EmailSend
+from tests.support.hubspot_emulator import HubSpotEmulator
+from tests.support.smtp_faults import AcceptThenStall
+from tests.support.stack import LeadsyncStack, services_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+LEASE = 3.0  # EMAIL_CLAIM_LEASE_SECONDS: production's 600 s, shortened so it expires inside the test
+SWEEP = 1.0  # SWEEP_INTERVAL_SECONDS
+GRACE = 1.0  # SWEEP_GRACE_SECONDS
+HELD = 10  # sends killed in the window per round: one per pool process
+ROUNDS = 2  # 2 x 10 = 20 accepted-then-killed sends
+
+
+@pytest.fixture
+def stall_smtp() -> Iterator[AcceptThenStall]:
+    with AcceptThenStall() as server:
+        yield server
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path, production_env: dict[str, str], stall_smtp: AcceptThenStall, hubspot: HubSpotEmulator
+) -> Iterator[LeadsyncStack]:
+    env = {
+        **production_env,
+        **services_env(stall_smtp, hubspot),
+        "EMAIL_CLAIM_LEASE_SECONDS": str(LEASE),
+        "SWEEP_INTERVAL_SECONDS": str(SWEEP),
+        "SWEEP_GRACE_SECONDS": str(GRACE),
+    }
+    # One pool process per held send: a stalled sender blocks its process, as a slow QUIT would.
+    running = LeadsyncStack(env, tmp_path, concurrency=HELD).start()
+    yield running
+    running.stop()
+
+
+def count(url: str, statement) -> int:
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            return session.scalar(statement) or 0
+    finally:
+        engine.dispose()
+
+
+def test_sigkill_after_250_before_sent_gives_one_second_copy_with_the_same_message_id(
+    stack: LeadsyncStack, stall_smtp: AcceptThenStall
+) -> None:
+    url = stack.env["DATABASE_URL"]
+    killed: list[str] = []
+    for round_ in range(ROUNDS):
+        stall_smtp.arm()
+        for i in range(HELD):
+            address = f"edge{round_}-{i}@example.org"
+            assert stack.post("info-packet", {"email": address, "first_name": "Edge"}).status_code == 202
+            # One lead at a time, so each send runs in its own pool process and every one gets stalled.
+            stall_smtp.wait_stalled(len(killed) % HELD + 1)
+            killed.append(address)
+        # The window, checked from both sides: the server holds HELD accepted messages of this round, and
+        # the database still says `sending` for exactly those rows (nothing committed `sent`).
+        accepted_now = {rcpt for mail in stall_smtp.received for rcpt in mail.rcpt_tos}
+        assert set(killed[-HELD:]) <= accepted_now
+        assert count(url, select(func.count()).where(EmailSend.status == "sending")) == HELD
+        stack.kill_worker(len(stack.workers) - 1)  # SIGKILL to the process group: no ack, no commit
+        stall_smtp.disarm()
+        stall_smtp.wait_stalled(0)  # the killed senders' sockets closed
+        stack.start_worker(beat=True)
+
+    total = ROUNDS * HELD
+    wait_for(
+        lambda: count(url, select(func.count()).where(EmailSend.status == "sent")) == total,
+        timeout=60,
+        what="every killed send recovered by the lease and the sweeper",
+    )
+    # Keep counting after the last `sent`: a further copy would need one more lease + sweep + grace.
+    watched = time.monotonic()
+    time.sleep(LEASE + SWEEP + GRACE + 2)
+
+    copies = stall_smtp.copies_per_recipient()
+    assert set(copies) == set(killed)  # nobody else got mail, and everyone killed in the window got it
+    assert sorted(copies.values()) == [2] * total  # exactly one second copy each, never a third
+    for address in killed:
+        mails = [mail for mail in stall_smtp.received if mail.rcpt_tos == (address,)]
+        assert len({str(mail.message["Message-ID"]) for mail in mails}) == 1  # same Message-ID: clients fold them
+        assert len({mail.message.get_body(("plain",)).get_content() for mail in mails}) == 1
+    # Two attempts a send in the database: the killed one left `started`, the second one `sent`.
+    assert count(url, select(func.count()).select_from(EmailAttempt)) == 2 * total
+    assert count(url, select(func.count()).where(EmailAttempt.outcome == "started")) == total
+    identical_bytes = sum(
+        len({mail.raw for mail in stall_smtp.received if mail.rcpt_tos == (address,)}) == 1 for address in killed
+    )
+    print(
+        f"\nexactly-once edge: {total} sends SIGKILLed after 250, {sum(copies.values()) - total} second copies "
+        f"({(sum(copies.values()) - total) / total:.0%}), none third in {time.monotonic() - watched:.0f}s after "
+        f"the last `sent`; raw bytes identical for {identical_bytes}/{total} (Date header is per attempt)"
+    )
