@@ -77,7 +77,8 @@ def problems(settings: Settings) -> list[str]:
     if not (settings.ops_token and settings.ops_token.get_secret_value()):
         found.append("OPS_TOKEN is not set: /metrics answers 403 and state-changing commands ask for no token")
     credentials = bool(settings.smtp_username or settings.smtp_password)
-    if settings.smtp_host and (refusal := clear_text_login_refusal(settings.smtp_host, settings.smtp_security, credentials)):
+    refusal = settings.smtp_host and clear_text_login_refusal(settings.smtp_host, settings.smtp_security, credentials)
+    if refusal:
         found.append(refusal)
     trusted = [entry.strip() for entry in settings.forwarded_allow_ips.split(",")]
     if "*" in trusted:

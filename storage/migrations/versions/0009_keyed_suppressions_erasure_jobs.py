@@ -5,8 +5,8 @@ address is gone, which was the point), so they are marked `sha256` and still che
 dropping them could let a submission that was in flight at the erasure bring the person back. A new
 `leadsync forget` of the same address replaces its legacy row with a keyed one.
 
-Revision ID: 0008_keyed_suppressions_erasures
-Revises: 0007_email_sends_submission
+Revision ID: 0009_keyed_suppressions_erasures
+Revises: 0008_email_sends_mailbox
 Create Date: 2026-12-01 07:00:00
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_keyed_suppressions_erasures"
-down_revision = "0007_email_sends_submission"
+revision = "0009_keyed_suppressions_erasures"
+down_revision = "0008_email_sends_mailbox"
 branch_labels = None
 depends_on = None
 

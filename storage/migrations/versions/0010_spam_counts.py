@@ -4,8 +4,8 @@ A flood of honeypot or over-limit posts used to add a full row each (up to ~24 K
 now it bumps one counter, and only a small daily sample is kept as submissions (storage/submissions.py).
 Spam rows stored before this revision are counted into the table, so the totals go on from where they were.
 
-Revision ID: 0009_spam_counts
-Revises: 0008_keyed_suppressions_erasures
+Revision ID: 0010_spam_counts
+Revises: 0009_keyed_suppressions_erasures
 Create Date: 2026-12-01 07:10:00
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_spam_counts"
-down_revision = "0008_keyed_suppressions_erasures"
+revision = "0010_spam_counts"
+down_revision = "0009_keyed_suppressions_erasures"
 branch_labels = None
 depends_on = None
 
