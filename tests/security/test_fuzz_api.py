@@ -18,6 +18,7 @@ from schemathesis.generation import GenerationMode
 from leadsync.forms.app import create_app
 from leadsync.storage.migrate import upgrade
 from tests.conftest import apply_settings
+from tests.support.stack import TEST_SECRET
 
 # (operation, mode) -> examples: 2 forms x (450 valid + 300 invalid) + 2 health checks x 25 = 1,550 cases.
 EXAMPLES = {("post", GenerationMode.POSITIVE): 450, ("post", GenerationMode.NEGATIVE): 300, ("get", None): 25}
@@ -34,6 +35,7 @@ def test_schemathesis_fuzz_finds_no_server_error(monkeypatch: pytest.MonkeyPatch
             "BROKER_URL": "filesystem://",
             "HUBSPOT_ACCESS_TOKEN": "",
             "SMTP_HOST": "",
+            "FORM_TOKEN_SECRET": TEST_SECRET,
             # The limiter runs too and is soon exceeded: those posts are spam, still never a 5xx.
             "RATE_LIMIT_PER_IP": "200 per minute",
             "RATE_LIMIT_PER_EMAIL": "5 per minute",
