@@ -85,6 +85,7 @@ class SnippetFiles(StaticFiles):
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
+    settings.signing_keys  # noqa: B018 -- MissingSecret now, not a 500 on the first post (`uvicorn --factory`)
     routes = [
         Route("/forms/token", token_endpoint, methods=["GET"]),
         Route("/forms/{form:str}", submit, methods=["POST"]),

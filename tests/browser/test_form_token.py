@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from leadsync.config import Settings
+from leadsync.config.settings import MissingSecret
 from leadsync.forms.app import create_app
 from leadsync.forms.tokens import check, issue, looks_like_spam
 
@@ -54,12 +55,10 @@ def test_no_token_is_not_spam_but_a_young_one_is() -> None:
     assert looks_like_spam(issue(b"s", now=time.time() - 10), settings) is False
 
 
-def test_the_derived_secret_is_shared_by_processes_of_one_deployment() -> None:
-    def key(url: str) -> bytes:
-        return Settings(database_url=url, form_token_secret=None).form_token_key
-
-    assert key("postgresql+psycopg://u:p@db/leads") == key("postgresql+psycopg://u:p@db/leads")
-    assert key("postgresql+psycopg://u:p@db/leads") != key("postgresql+psycopg://u:p@db/other")
+def test_no_key_is_ever_derived_from_the_database_url() -> None:
+    # It was: DATABASE_URL is public in the compose default, so anyone could sign tokens and links (issue 14).
+    with pytest.raises(MissingSecret):
+        _ = Settings(database_url="postgresql+psycopg://u:p@db/leads", form_token_secret=None).form_token_key
     assert Settings(form_token_secret="x").form_token_key == b"x"
 
 

@@ -28,6 +28,7 @@ from leadsync.storage.db import session_scope
 from leadsync.storage.migrate import upgrade
 from leadsync.storage.models import Submission
 from tests.conftest import apply_settings
+from tests.support.stack import TEST_SECRET
 
 # (operation, mode) -> examples: 2 forms x (450 valid + 300 invalid) + 2 health checks x 25 = 1,550 cases.
 EXAMPLES = {("post", GenerationMode.POSITIVE): 450, ("post", GenerationMode.NEGATIVE): 300, ("get", None): 25}
@@ -44,6 +45,7 @@ def test_schemathesis_fuzz_finds_no_server_error(monkeypatch: pytest.MonkeyPatch
             "BROKER_URL": "filesystem://",
             "HUBSPOT_ACCESS_TOKEN": "",
             "SMTP_HOST": "",
+            "FORM_TOKEN_SECRET": TEST_SECRET,
             # Limits off: on, they soon turn later valid cases into spam, a 202 that proves little (the limiter
             # under load is tested in test_bots_real_stack.py).
             "RATE_LIMIT_PER_IP": "",

@@ -18,11 +18,13 @@ from leadsync.forms.app import create_app
 from leadsync.forms.security import ops_token_matches, require_ops_token
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.mail.transport import SmtpTransport
+from tests.support.stack import TEST_SECRET
 
 SITE = "https://clinic.example"
 
 
 def offline_settings(tmp_path: Path, **values: object) -> Settings:
+    values = {"form_token_secret": TEST_SECRET, **values}
     return Settings(var_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", **values)  # type: ignore[arg-type]
 
 
