@@ -198,8 +198,12 @@ def flush_crm() -> dict[str, Any]:
     """Run the due HubSpot erasures, then sync one batch of pending contacts; a full batch means more may
     wait, so go again at once."""
     settings = get_settings()
-    # HubSpot deletes owed for forgotten people go first: beat runs this task every few seconds.
-    erasure.run(get_sessionmaker(), crm_client())
+    # HubSpot deletes owed for forgotten people go first: beat runs this task every few seconds. Their
+    # failures are recorded on the job; anything else (the database away) must not hold back the sync.
+    try:
+        erasure.run(get_sessionmaker(), crm_client())
+    except Exception:
+        log.exception("the HubSpot erasure round failed; the jobs stay due for the next flush")
     report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings)
     metrics.count_hubspot(report.calls, report.rate_limited)
     if report.full(settings.crm_batch_size):
