@@ -56,6 +56,7 @@ def stack(
     running = LeadsyncStack(fault_env(production_env, smtp, hubspot), tmp_path, concurrency=CONCURRENCY).start()
     yield running
     running.stop()
+    print(running.logs())  # captured: shown only when the test failed
 
 
 @pytest.fixture
@@ -68,6 +69,7 @@ def limited_stack(
     running = LeadsyncStack(env, tmp_path, concurrency=CONCURRENCY).start()
     yield running
     running.stop()
+    print(running.logs())  # captured: shown only when the test failed
 
 
 @pytest.fixture
@@ -95,6 +97,7 @@ def crash_stack(
     running = LeadsyncStack(env, tmp_path, concurrency=CONCURRENCY).start()
     yield running
     running.stop()
+    print(running.logs())  # captured: shown only when the test failed
 
 
 class Supervisor:
@@ -209,6 +212,8 @@ def test_smtp_down_and_hubspot_503_for_30s_during_load(
         what="all contacts synced after HubSpot recovered",
     )
     assert len(hubspot.contacts) == 50
+    emails = [f"outage{i}@example.org" for i in range(50)]
+    assert hubspot.created == dict.fromkeys(emails, 1) and hubspot.writes == dict.fromkeys(emails, 1)
     assert hubspot.count(status=503) > 0  # the outage was real and seen
     print(f"\nSMTP + HubSpot down 30s: 50 emails once and 50 records once, {time.monotonic() - back:.1f}s after")
 
