@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.orm import Session
 
 from leadsync.storage.models import Contact, EmailSend, Submission
+from leadsync.storage.submissions import NewSubmission, store_submissions
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import PostgresServer, RedisServer, SmtpSink
 from tests.support.stack import LeadsyncStack, services_env, wait_for
@@ -55,6 +56,7 @@ def stack(
     running = LeadsyncStack(fault_env(production_env, smtp, hubspot), tmp_path, concurrency=CONCURRENCY).start()
     yield running
     running.stop()
+    print(running.logs())  # captured: shown only when the test failed
 
 
 @pytest.fixture
@@ -67,6 +69,7 @@ def limited_stack(
     running = LeadsyncStack(env, tmp_path, concurrency=CONCURRENCY).start()
     yield running
     running.stop()
+    print(running.logs())  # captured: shown only when the test failed
 
 
 @pytest.fixture
@@ -94,6 +97,7 @@ def crash_stack(
     running = LeadsyncStack(env, tmp_path, concurrency=CONCURRENCY).start()
     yield running
     running.stop()
+    print(running.logs())  # captured: shown only when the test failed
 
 
 class Supervisor:
@@ -208,6 +212,8 @@ def test_smtp_down_and_hubspot_503_for_30s_during_load(
         what="all contacts synced after HubSpot recovered",
     )
     assert len(hubspot.contacts) == 50
+    emails = [f"outage{i}@example.org" for i in range(50)]
+    assert hubspot.created == dict.fromkeys(emails, 1) and hubspot.writes == dict.fromkeys(emails, 1)
     assert hubspot.count(status=503) > 0  # the outage was real and seen
     print(f"\nSMTP + HubSpot down 30s: 50 emails once and 50 records once, {time.monotonic() - back:.1f}s after")
 
@@ -377,3 +383,39 @@ def test_postgres_sigkilled_under_load_every_202_ends_once(
         f"and {leased} leased until the 3-minute CRM lease ends; {time.monotonic() - started:.1f}s; "
         f"worker restarts: {supervise.restarts}"
     )
+
+
+def test_a_poisoned_batch_falls_back_one_by_one_and_its_bad_lead_is_a_dead_letter_until_fixed(
+    stack: LeadsyncStack, smtp: SmtpSink
+) -> None:
+    """The sweeper's publish (rows the broker never saw), the batch -> one-by-one fallback, a submission
+    dead letter and `leadsync failed retry`, through the real worker."""
+    db = Db(stack.env["DATABASE_URL"])
+    # Rows committed but never published (as when the broker was down): only the sweeper can find them,
+    # and it publishes them as one batch. One carries data the intake rule cannot read.
+    with Session(db.engine) as session:
+        store_submissions(session, [NewSubmission("info_packet", f"fb{i}@example.org", {}, {}) for i in range(5)])
+        session.execute(update(Submission).where(Submission.email == "fb2@example.org").values(fields=["not", "a"]))
+        session.commit()
+    # The four good leads are processed one by one after the batch failed; the bad one fails its retries.
+    assert_one_email_each(smtp, 4, db)
+    wait_for(
+        lambda: db.count(select(func.count()).where(Submission.status == "failed")) == 1,
+        timeout=60,
+        what="the bad submission given up after its retries",
+    )
+    worker_log = (stack.workdir / "worker0.log").read_text()
+    assert "retrying them one by one" in worker_log
+
+    def leadsync(*args: str) -> str:
+        run = subprocess.run([sys.executable, "-m", "leadsync", *args], env=stack.env, capture_output=True, text=True)
+        return run.stdout
+
+    [letter] = json.loads(leadsync("failed", "list", "--json"))
+    assert (letter["kind"], letter["status"]) == ("submission", "open") and "AttributeError" in letter["error"]
+    with Session(db.engine) as session:  # the data fixed by a human
+        session.execute(update(Submission).where(Submission.email == "fb2@example.org").values(fields={}))
+        session.commit()
+    assert "retried 1" in leadsync("failed", "retry", "--all")
+    assert "retried 0" in leadsync("failed", "retry", str(letter["id"]))  # safe to run twice
+    assert_one_email_each(smtp, 5, db)  # the fixed lead's packet too, and still everyone once

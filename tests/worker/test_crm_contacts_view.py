@@ -20,8 +20,6 @@ from tests.conftest import apply_settings
 from tests.support.hubspot_emulator import PORTAL_ID, HubSpotEmulator
 from tests.worker.helpers import process, submit
 
-ONE_BACKEND = pytest.mark.parametrize("backend", ["embedded"])  # no query of their own: one backend is enough
-
 
 @pytest.fixture
 def synced(settings: Settings, hubspot: HubSpotEmulator, monkeypatch: pytest.MonkeyPatch, base_env: dict) -> Settings:
@@ -99,7 +97,6 @@ def test_contacts_export_csv_for_a_spreadsheet(synced: Settings, tmp_path) -> No
     assert code == 2 and "--csv" in usage
 
 
-@ONE_BACKEND
 def test_status_json_shows_the_hubspot_budget(synced: Settings) -> None:
     _, out = run("status", "--json")
     report = json.loads(out)
@@ -109,7 +106,6 @@ def test_status_json_shows_the_hubspot_budget(synced: Settings) -> None:
     assert any(note.startswith("HubSpot: ") for note in report["notes"])
 
 
-@ONE_BACKEND
 def test_hubspot_check_lifts_a_stop(synced: Settings, hubspot: HubSpotEmulator) -> None:
     with session_scope() as session:
         session.get_one(ServiceState, AUTH_STATE).value = {
@@ -129,7 +125,6 @@ def test_hubspot_check_lifts_a_stop(synced: Settings, hubspot: HubSpotEmulator) 
     assert code == 1 and "401" in out
 
 
-@ONE_BACKEND
 def test_bootstrap_command_reports_what_it_created(synced: Settings) -> None:
     code, out = run("hubspot", "bootstrap")
     assert code == 0 and out.strip() == "nothing to create: all properties exist"

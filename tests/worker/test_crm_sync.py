@@ -28,8 +28,6 @@ from tests.support.hubspot_emulator import HubSpotEmulator, Strict
 from tests.worker.helpers import process, submit
 
 FAST = RetryPolicy(attempts=3, base=0.05, cap=0.2, max_wait=2.0)
-# For tests of the client's and the sync's logic alone: the database and the limiter's storage play no part.
-ONE_BACKEND = pytest.mark.parametrize("backend", ["embedded"])
 
 
 def crm_for(hubspot: HubSpotEmulator, settings: Settings, token: str = "test-token", **kwargs: Any) -> HubSpotCrm:
@@ -110,7 +108,6 @@ def test_batches_hold_at_most_100(settings: Settings, hubspot: HubSpotEmulator, 
     assert len(hubspot.contacts) == 130
 
 
-@ONE_BACKEND
 def test_the_client_splits_more_than_100_inputs(settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm) -> None:
     inputs = [WriteInput(f"x{i}@example.org", {"firstname": f"X{i}"}, str(i)) for i in range(150)]
     outcome = crm.upsert_by_email(inputs)
@@ -137,7 +134,6 @@ def _insert_contact(email: str, **values: Any) -> int:
         return row.id
 
 
-@ONE_BACKEND
 def test_two_inputs_for_one_email_never_share_a_batch(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
@@ -156,7 +152,6 @@ def test_two_inputs_for_one_email_never_share_a_batch(
     assert len(hubspot.contacts) == 3
 
 
-@ONE_BACKEND
 def test_two_inputs_for_one_record_id_never_share_a_batch(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
@@ -172,7 +167,6 @@ def test_two_inputs_for_one_record_id_never_share_a_batch(
     assert hubspot.count(status=400) == 0
 
 
-@ONE_BACKEND
 def test_a_whole_batch_400_is_narrowed_to_the_bad_input(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
@@ -184,7 +178,6 @@ def test_a_whole_batch_400_is_narrowed_to_the_bad_input(
     assert [(call.status, call.inputs) for call in hubspot.calls("batch/upsert")] == [(400, 6), (200, 5)]
 
 
-@ONE_BACKEND
 def test_an_unexplained_whole_batch_400_is_split_until_the_bad_input_stands_alone(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
@@ -246,7 +239,6 @@ def test_missing_properties_are_created_and_the_inputs_retried_once(
     assert hubspot.contact_by_email("p0@example.org")["properties"]["leadsync_newsletter_status"] == "none"
 
 
-@ONE_BACKEND
 def test_a_property_that_cannot_be_created_rejects_after_one_retry(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm, tmp_path: Path
 ) -> None:
@@ -263,7 +255,6 @@ def test_a_property_that_cannot_be_created_rejects_after_one_retry(
     assert hubspot.count("batch/upsert") == 2  # once, then once more after bootstrap: no loop
 
 
-@ONE_BACKEND
 def test_a_mapping_hubspot_refuses_to_create_rejects_without_looping(
     settings: Settings, hubspot: HubSpotEmulator, tmp_path: Path
 ) -> None:
@@ -312,7 +303,6 @@ def test_refused_token_stops_syncing_keeps_everything_pending_and_alerts(
     assert state(AUTH_STATE)["ok"] is True
 
 
-@ONE_BACKEND
 def test_a_new_token_resumes_at_once(settings: Settings, hubspot: HubSpotEmulator) -> None:
     people(settings, 1)
     assert flush(crm_for(hubspot, settings, token="wrong"), settings).deferred == 1
@@ -359,7 +349,6 @@ def test_a_lasting_outage_gives_the_batch_back_and_pauses_every_flusher(
     assert state(PAUSE_STATE)["failures"] == 0
 
 
-@ONE_BACKEND
 def test_the_pause_grows_with_each_failed_flush(settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm) -> None:
     people(settings, 1)
     hubspot.fail_for(60, status=500)
@@ -375,7 +364,6 @@ def test_the_pause_grows_with_each_failed_flush(settings: Settings, hubspot: Hub
     assert hubspot.count("batch/upsert") == 4 * FAST.attempts
 
 
-@ONE_BACKEND
 def test_a_timeout_is_retried_and_the_late_write_makes_no_duplicate(
     settings: Settings, hubspot: HubSpotEmulator
 ) -> None:
@@ -396,7 +384,6 @@ def test_a_timeout_is_retried_and_the_late_write_makes_no_duplicate(
     }
 
 
-@ONE_BACKEND
 def test_connection_errors_are_temporary(settings: Settings, hubspot: HubSpotEmulator) -> None:
     from tests.support.services import free_port
 
@@ -421,7 +408,6 @@ def test_a_429_pauses_then_the_batch_goes_through(
     assert rate["daily_limit"] == 250_000 and rate["daily_remaining"] < 250_000
 
 
-@ONE_BACKEND
 def test_repeated_429s_give_the_batch_back_without_a_storm(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
@@ -482,7 +468,6 @@ def test_retry_after_from_hubspot_is_waited_out_then_the_batch_goes_through(
     assert [c.status for c in upserts] == [429, 200] and upserts[1].time - upserts[0].time >= 3
 
 
-@ONE_BACKEND
 def test_the_daily_limit_without_daily_headers_still_stops_sync(settings: Settings, hubspot: HubSpotEmulator) -> None:
     # OAuth apps get no X-HubSpot-RateLimit-Daily* headers: the DAILY 429 body alone must stop the flushers.
     hubspot.strict = Strict(daily_headers=False)
@@ -508,7 +493,6 @@ STRICT_MODES = {
 }
 
 
-@ONE_BACKEND
 @pytest.mark.parametrize("mode", STRICT_MODES)
 def test_the_sync_writes_each_contact_once_in_every_strict_mode(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm, mode: str
@@ -620,7 +604,6 @@ def test_a_change_during_the_call_keeps_the_contact_pending(
 # ---------------------------------------------------------------------- mapping
 
 
-@ONE_BACKEND
 def test_the_free_text_message_is_not_synced_unless_the_mapping_opts_in(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm, tmp_path: Path
 ) -> None:
@@ -639,7 +622,6 @@ def test_the_free_text_message_is_not_synced_unless_the_mapping_opts_in(
     assert hubspot.contact_by_email("m@example.org")["properties"]["leadsync_message"] == "call me"
 
 
-@ONE_BACKEND
 def test_bootstrap_is_idempotent_and_says_what_it_created(settings: Settings, hubspot: HubSpotEmulator) -> None:
     crm = crm_for(hubspot, settings)
     created = crm.bootstrap(mapping(settings))
@@ -663,14 +645,12 @@ def test_bootstrap_is_idempotent_and_says_what_it_created(settings: Settings, hu
     assert crm._create(crm._properties.create_with_http_info, definition) is False
 
 
-@ONE_BACKEND
 def test_without_a_token_contacts_are_held(settings: Settings) -> None:
     people(settings, 2)
     report = flush(None, settings)
     assert report.held == 2 and report.claimed == 0
 
 
-@ONE_BACKEND
 def test_gdpr_delete_erases_the_record_in_one_call(
     settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
 ) -> None:
@@ -681,3 +661,27 @@ def test_gdpr_delete_erases_the_record_in_one_call(
     crm.gdpr_delete("nobody@example.org")  # not held: fine
     assert hubspot.count() - calls == 2 and hubspot.count("gdpr-delete", status=204) == 2
     assert hubspot.contact_by_email("p0@example.org") is None and "p0@example.org" in hubspot.erased_emails
+
+
+def test_a_crm_dead_letter_retried_after_the_fix_syncs_once_and_a_second_retry_does_nothing(
+    settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
+) -> None:
+    from leadsync.worker import dead_letters
+
+    people(settings, 2)
+    with session_scope() as session:  # a value HubSpot refuses though our form took it
+        session.execute(update(Contact).where(Contact.email == "p1@example.org").values(newsletter_status="bogus"))
+    assert (flush(crm, settings).synced, contact("p1@example.org").crm_status) == (1, "rejected")
+    with session_scope() as session:
+        [letter] = session.scalars(select(DeadLetter).where(DeadLetter.kind == "crm")).all()
+        letter_id = letter.id
+        session.execute(update(Contact).where(Contact.email == "p1@example.org").values(newsletter_status="none"))
+    first = dead_letters.retry(get_sessionmaker(), [letter_id])
+    second = dead_letters.retry(get_sessionmaker(), [letter_id])  # run twice: the second finds nothing open
+    assert first.crm and not first.skipped and second.skipped == [letter_id] and not second.crm
+    assert contact("p1@example.org").crm_status == "pending"
+    assert flush(crm, settings).synced == 1
+    assert flush(crm, settings).claimed == 0
+    assert contact("p1@example.org").crm_status == "synced"
+    assert hubspot.created == {"p0@example.org": 1, "p1@example.org": 1}  # refused once, then written once
+    assert hubspot.writes == hubspot.created
