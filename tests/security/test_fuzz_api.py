@@ -134,6 +134,7 @@ def test_1000_valid_leads_are_each_answered_202_and_stored_as_real_leads(
             "BROKER_URL": "filesystem://",
             "HUBSPOT_ACCESS_TOKEN": "",
             "SMTP_HOST": "",
+            "FORM_TOKEN_SECRET": TEST_SECRET,
             "RATE_LIMIT_PER_IP": "",
             "RATE_LIMIT_PER_EMAIL": "",
         },
