@@ -105,8 +105,10 @@ def test_requests_queued_together_are_one_transaction_and_one_message(settings: 
         outcomes = asyncio.run(post_all())
 
     assert commits.batches == 1
-    # The database saw one COMMIT, holding one multi-row INSERT of all 43 (and nothing rolled back).
-    assert seen.writes(seen.committed) == [["INSERT INTO submissions"]] and seen.rolled_back == []
+    # The database saw one COMMIT (nothing rolled back), holding one counter upsert per spam reason in the batch
+    # (honeypot, too_fast: spam is counted, storage/submissions.py) and one multi-row INSERT of all 43.
+    spam_upserts = ["INSERT INTO spam_counts"] * 2
+    assert seen.writes(seen.committed) == [[*spam_upserts, "INSERT INTO submissions"]] and seen.rolled_back == []
     if settings.database_url.startswith("postgresql"):
         assert writer_transactions(settings) == 1  # every row carries the same writing transaction id
     stored = submissions()

@@ -122,7 +122,7 @@ def stack(tmp_path: Path, base_env: dict[str, str], smtp: SmtpSink) -> Iterator[
         "HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN,
         "HUBSPOT_BASE_URL": emulator.url,
         "CRM_FLUSH_INTERVAL_SECONDS": "0.5",
-        "FORM_TOKEN_SECRET": "red-team-privacy-secret",
+        "FORM_TOKEN_SECRET": "red-team-privacy-secret-of-forty-bytes-00",
     }
     running = LeadsyncStack(env, tmp_path / "stack").start()
     yield running, emulator

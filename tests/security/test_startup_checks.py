@@ -94,12 +94,13 @@ def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
         SMTP_HOST="smtp.relay.example",
         SMTP_USERNAME="apikey",
         SMTP_PASSWORD="smtp-password-value",
+        SMTP_SECURITY="none",
         FORWARDED_ALLOW_IPS="*",
         PUBLIC_BASE_URL="http://leads.clinic.example",
     )
     assert result.returncode == 1
     problems = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM: ")]
-    expected = ["DEV_MODE is on", "FORM_TOKEN_SECRET is 9 bytes", "OPS_TOKEN is not set", "without TLS"]
+    expected = ["DEV_MODE is on", "FORM_TOKEN_SECRET is 9 bytes", "OPS_TOKEN is not set", "in clear text"]
     expected += ["FORWARDED_ALLOW_IPS is '*'", "PUBLIC_BASE_URL is plain http"]
     assert len(problems) == len(expected), problems
     assert all(any(part in line for line in problems) for part in expected), problems
