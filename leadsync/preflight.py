@@ -83,8 +83,13 @@ def problems(settings: Settings) -> list[str]:
     trusted = [entry.strip() for entry in settings.forwarded_allow_ips.split(",")]
     if "*" in trusted:
         found.append("FORWARDED_ALLOW_IPS is '*': anyone can claim any address and walk past the per-IP limit")
-    if settings.public_base_url.startswith("http://") and not is_loopback(_host_of(settings.public_base_url)):
+    public_host = _host_of(settings.public_base_url)
+    if settings.public_base_url.startswith("http://") and not is_loopback(public_host):
         found.append("PUBLIC_BASE_URL is plain http: links in emails (confirm, unsubscribe) would travel in clear")
+    if is_loopback(public_host) and not settings.dev_mode:
+        # The default (http://127.0.0.1:8000) is right for `leadsync dev` only: every email link would point there.
+        url = settings.public_base_url
+        found.append(f"PUBLIC_BASE_URL is {url}: the links in emails would open on no one's machine")
     return found
 
 

@@ -105,3 +105,15 @@ def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
     assert len(problems) == len(expected), problems
     assert all(any(part in line for line in problems) for part in expected), problems
     assert "smtp-password-value" not in result.stdout
+
+
+def test_check_refuses_the_dev_default_public_url_outside_dev(tmp_path: Path) -> None:
+    """The default PUBLIC_BASE_URL (this machine) would put links in every email that open for no one."""
+    production = {"FORM_TOKEN_SECRET": GOOD_SECRET, "SMTP_HOST": "smtp.relay.example", "OPS_TOKEN": "ops-token-1234"}
+    result = run(tmp_path, "check", **production)
+    assert result.returncode == 1
+    assert [line for line in result.stdout.splitlines() if line.startswith("PROBLEM: ")] == [
+        "PROBLEM: PUBLIC_BASE_URL is http://127.0.0.1:8000: the links in emails would open on no one's machine"
+    ]
+    fixed = run(tmp_path, "check", **production, PUBLIC_BASE_URL="https://forms.clinic.example")
+    assert fixed.returncode == 0, fixed.stdout
