@@ -34,11 +34,25 @@ from hubspot.communication_preferences.exceptions import ApiException as Prefere
 from hubspot.crm.contacts import (
     BatchInputSimplePublicObjectBatchInput,
     BatchInputSimplePublicObjectBatchInputUpsert,
+    BatchReadInputSimplePublicObjectId,
     PublicGdprDeleteInput,
     SimplePublicObjectBatchInput,
     SimplePublicObjectBatchInputUpsert,
+    SimplePublicObjectId,
 )
 from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
+from hubspot.crm.objects.notes import (
+    AssociationSpec,
+    BatchInputSimplePublicObjectBatchInputForCreate,
+    Filter,
+    FilterGroup,
+    PublicAssociationsForObject,
+    PublicObjectId,
+    PublicObjectSearchRequest,
+    SimplePublicObjectBatchInputForCreate,
+)
+from hubspot.crm.objects.notes.exceptions import ApiException as NotesApiException
+from hubspot.crm.objects.tasks.exceptions import ApiException as TasksApiException
 from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
@@ -47,7 +61,13 @@ from leadsync.worker.crm.ratelimit import LIMITER_ERRORS, RateLimitBusy, RateLim
 
 log = logging.getLogger(__name__)
 
-API_ERRORS = (ContactsApiException, PropertiesApiException, PreferencesApiException)
+API_ERRORS = (
+    ContactsApiException,
+    PropertiesApiException,
+    PreferencesApiException,
+    NotesApiException,
+    TasksApiException,
+)
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 MAX_BATCH = 100  # HubSpot's limit on inputs per batch call
 
@@ -97,6 +117,16 @@ class WriteInput:
     key: str
     properties: dict[str, str]
     trace_id: str  # our contact id: HubSpot echoes it on results and per-input errors
+
+
+@dataclass(frozen=True)
+class ActivityInput:
+    """One note or task to create on a contact's timeline (worker/crm/activities.py)."""
+
+    properties: dict[str, str]
+    contact_record_id: str  # the HubSpot contact it is associated with
+    association_type: int  # HUBSPOT_DEFINED: 202 note_to_contact, 204 task_to_contact
+    trace_id: str  # our activity row id: HubSpot echoes it on per-input errors (a 207)
 
 
 @dataclass(frozen=True)
@@ -215,6 +245,10 @@ class HubSpotCrm:
         self._properties = client.crm.properties.core_api
         self._groups = client.crm.properties.groups_api
         self._preferences = client.communication_preferences.status_api
+        notes, tasks = client.crm.objects.notes, client.crm.objects.tasks
+        self._activity_batch = {"notes": notes.batch_api, "tasks": tasks.batch_api}
+        self._activity_search = {"notes": notes.search_api, "tasks": tasks.search_api}
+        self._forms_http = urllib3.PoolManager(headers={"Authorization": f"Bearer {token}"})
         self.timeout = timeout
         self.limiter = limiter or memory_limiter(100, identity_for(token, base_url))
         self.retry = retry or RetryPolicy()
@@ -234,8 +268,12 @@ class HubSpotCrm:
 
     # ------------------------------------------------------------------ one path for every call
 
-    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
-        """Rate-limited, timed-out, retried call of a client `*_with_http_info` method; returns the data."""
+    def _call(self, method: Callable[..., Any], *args: Any, once: bool = False) -> Any:
+        """Rate-limited, timed-out, retried call of a client `*_with_http_info` method; returns the data.
+
+        `once`: a write that is not idempotent (a note, a task) is not sent again after a 5xx or a timeout,
+        which may have landed; the caller looks for it first (a 429 never landed and is retried as usual).
+        """
         failures = rate_limited = 0
         while True:
             try:
@@ -262,7 +300,7 @@ class HubSpotCrm:
                     continue
                 if isinstance(error, CrmTemporaryError):
                     failures += 1
-                    if failures >= self.retry.attempts:
+                    if once or failures >= self.retry.attempts:
                         raise error from raw
                     delay = self.retry.delay(failures)
                     log.warning("HubSpot call failed (%s); retry %d in %.1fs", error, failures, delay)
@@ -346,6 +384,20 @@ class HubSpotCrm:
             outcome.merge(self._outcome(response, by_id={item.key: item.trace_id for item in chunk}))
         return outcome
 
+    def owners_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """The `hubspot_owner_id` of contact records (one batch read a 100); records gone are left out."""
+        owners: dict[str, str | None] = {}
+        for start in range(0, len(record_ids), MAX_BATCH):
+            request = BatchReadInputSimplePublicObjectId(
+                properties=["hubspot_owner_id"],
+                inputs=[SimplePublicObjectId(id=record_id) for record_id in record_ids[start : start + MAX_BATCH]],
+                properties_with_history=[],
+            )
+            response = self._call(self._batch.read_with_http_info, request)
+            for record in response.results or []:
+                owners[str(record.id)] = (record.properties or {}).get("hubspot_owner_id") or None
+        return owners
+
     def gdpr_delete(self, email: str) -> None:
         """Erase a person from HubSpot for good (GDPR delete by email); HubSpot also blocks the address.
 
@@ -375,6 +427,105 @@ class HubSpotCrm:
         api = self._preferences
         method = api.subscribe_with_http_info if subscribed else api.unsubscribe_with_http_info
         return str(self._call(method, request).status)
+
+    # ------------------------------------------------------------------ timeline: notes and tasks, Forms API
+
+    def create_activities(self, object_type: str, inputs: Sequence[ActivityInput]) -> WriteOutcome:
+        """Batch create notes or tasks (`object_type` "notes" / "tasks"), each associated with its contact.
+
+        At most 100 a call. Each input carries an objectWriteTraceId, so one refused input is a 207 naming it.
+        Sent once: a 5xx or a timeout raises CrmTemporaryError, and the caller searches before writing again.
+        """
+        outcome = WriteOutcome()
+        api = self._activity_batch[object_type]
+        for start in range(0, len(inputs), MAX_BATCH):
+            chunk = inputs[start : start + MAX_BATCH]
+            batch = BatchInputSimplePublicObjectBatchInputForCreate(
+                inputs=[
+                    SimplePublicObjectBatchInputForCreate(
+                        properties=item.properties,
+                        object_write_trace_id=item.trace_id,
+                        associations=[
+                            PublicAssociationsForObject(
+                                to=PublicObjectId(id=item.contact_record_id),
+                                types=[
+                                    AssociationSpec(
+                                        association_category="HUBSPOT_DEFINED",
+                                        association_type_id=item.association_type,
+                                    )
+                                ],
+                            )
+                        ],
+                    )
+                    for item in chunk
+                ]
+            )
+            response = self._call(api.create_with_http_info, batch, once=True)
+            outcome.merge(self._created(response, [item.trace_id for item in chunk]))
+        return outcome
+
+    def find_activities(self, object_type: str, property_name: str, tokens: Sequence[str]) -> dict[str, str]:
+        """Notes or tasks whose `property_name` contains one of `tokens` (a word each): token -> record id.
+
+        Five tokens a search call (HubSpot allows five filter groups, ORed). Only for writes whose outcome
+        we never heard, so the calls are rare.
+        """
+        found: dict[str, str] = {}
+        api = self._activity_search[object_type]
+        for start in range(0, len(tokens), 5):
+            chunk = list(tokens[start : start + 5])
+            request = PublicObjectSearchRequest(
+                filter_groups=[
+                    FilterGroup(filters=[Filter(property_name=property_name, operator="CONTAINS_TOKEN", value=token)])
+                    for token in chunk
+                ],
+                properties=[property_name],
+                limit=100,
+            )
+            for record in self._call(api.do_search_with_http_info, request).results or []:
+                text = (record.properties or {}).get(property_name) or ""
+                for token in chunk:
+                    if token in text:
+                        found.setdefault(token, str(record.id))
+        return found
+
+    def submit_form(self, url: str, payload: dict[str, Any]) -> None:
+        """POST one submission to HubSpot's Forms API (v3 integration submit, authenticated) at `url`."""
+        body = json.dumps(payload).encode()
+        self._call(self._post_form, url, body, once=True)
+
+    def _post_form(self, url: str, body: bytes, _request_timeout: float) -> tuple[Any, int, Any]:
+        """The client has no Forms API: urllib3, raising the client's ApiException so `classify` sorts it."""
+        response = self._forms_http.request(
+            "POST",
+            url,
+            body=body,
+            headers={"Content-Type": "application/json"},
+            timeout=_request_timeout,
+            retries=False,
+        )
+        if response.status >= 300:
+            error = ContactsApiException(status=response.status, reason=response.reason)
+            error.body, error.headers = response.data.decode(errors="replace"), dict(response.headers)
+            raise error
+        return response.data, response.status, response.headers
+
+    @staticmethod
+    def _created(response: Any, trace_ids: list[str]) -> WriteOutcome:
+        """Ids of created notes/tasks by trace id, and the inputs a 207 refused."""
+        outcome = WriteOutcome()
+        results = list(response.results or [])
+        errors = getattr(response, "errors", None) or []
+        for error in errors:
+            for trace_id in (error.context or {}).get("objectWriteTraceId", []):
+                outcome.errors[str(trace_id)] = InputError(_error_code(error), error.message or _error_code(error))
+        # Without the echo, order is all there is: trusted only when every input came back (no 207).
+        in_order = not errors and len(results) == len(trace_ids)
+        for index, record in enumerate(results):
+            trace_id = getattr(record, "object_write_trace_id", None) or (trace_ids[index] if in_order else None)
+            if trace_id:
+                outcome.ids[str(trace_id)] = str(record.id)
+        return outcome
 
     @staticmethod
     def _outcome(
