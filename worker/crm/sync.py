@@ -101,6 +101,7 @@ class FlushReport:
     rate_limited: int = 0  # of which answered 429
     preferences: int = 0  # newsletter statuses pushed to HubSpot's communication preferences
     activities: dict[str, int] = field(default_factory=dict)  # timeline writes: note_created, task_found, ...
+    timeline_calls: int = 0  # HubSpot calls for notes, owners, tasks and Forms API posts (not in `calls`)
     error: str | None = None
 
     def full(self, batch_size: int) -> bool:
@@ -245,7 +246,7 @@ def _timeline(
     """Notes, owners, tasks and Forms API posts for the contacts written now and any still due."""
     calls = crm.stats.calls
     outcome = flush_activities(session_factory, crm, settings, synced)
-    report.calls += crm.stats.calls - calls
+    report.timeline_calls += crm.stats.calls - calls
     report.activities = dict(outcome.counts)
 
 
