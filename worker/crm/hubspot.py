@@ -248,7 +248,8 @@ class HubSpotCrm:
         notes, tasks = client.crm.objects.notes, client.crm.objects.tasks
         self._activity_batch = {"notes": notes.batch_api, "tasks": tasks.batch_api}
         self._activity_search = {"notes": notes.search_api, "tasks": tasks.search_api}
-        self._forms_http = urllib3.PoolManager(headers={"Authorization": f"Bearer {token}"})
+        self._forms_http = urllib3.PoolManager()
+        self._forms_auth = f"Bearer {token}"
         self.timeout = timeout
         self.limiter = limiter or memory_limiter(100, identity_for(token, base_url))
         self.retry = retry or RetryPolicy()
@@ -500,7 +501,7 @@ class HubSpotCrm:
             "POST",
             url,
             body=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": self._forms_auth},
             timeout=_request_timeout,
             retries=False,
         )
