@@ -40,10 +40,10 @@ def _when(moment: datetime) -> str:
 
 
 def page_title(submission: Submission) -> str | None:
-    """The page title, when the snippet sent one (`page_title`; kept from the raw post, cut to 300)."""
+    """The page title, when the snippet sent one (`page_title`, at most 300 characters)."""
     raw: dict[str, Any] = submission.raw or {}
-    title = raw.get("page_title") or raw.get("pageName")
-    return str(title).strip()[:300] or None if isinstance(title, str) else None
+    title = (submission.fields or {}).get("page_title") or raw.get("page_title")
+    return title.strip()[:300] or None if isinstance(title, str) else None
 
 
 def lines(submission: Submission, confirmed_at: datetime | None) -> tuple[str, list[str]]:
