@@ -161,6 +161,7 @@ class EmailSend(Base):
     next_attempt_at: Mapped[datetime | None]  # when a scheduled retry is due; the sweeper waits for it
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)  # `leadsync packet resend --reason`: why staff sent it again
 
     __table_args__ = (
         Index("ix_email_sends_contact_kind", "contact_id", "kind", "created_at"),

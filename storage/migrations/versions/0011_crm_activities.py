@@ -2,7 +2,8 @@
 
 The row is the idempotency key of a HubSpot write that has none of its own (a note or a task created twice
 is two notes): the flush stores the HubSpot id once the write is known to have landed, and looks for an
-earlier attempt in HubSpot before writing again. contacts.owner_id holds the round-robin owner.
+earlier attempt in HubSpot before writing again. contacts.owner_id holds the round-robin owner;
+email_sends.reason why staff resent a packet (`leadsync packet resend`).
 
 Revision ID: 0011_crm_activities
 Revises: 0010_spam_counts
@@ -41,9 +42,13 @@ def upgrade() -> None:
     op.create_index("ix_crm_activities_contact", "crm_activities", ["contact_id"])
     with op.batch_alter_table("contacts") as batch:
         batch.add_column(sa.Column("owner_id", sa.String(length=32), nullable=True))
+    with op.batch_alter_table("email_sends") as batch:
+        batch.add_column(sa.Column("reason", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("email_sends") as batch:
+        batch.drop_column("reason")
     with op.batch_alter_table("contacts") as batch:
         batch.drop_column("owner_id")
     op.drop_index("ix_crm_activities_contact", table_name="crm_activities")
