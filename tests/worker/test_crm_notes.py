@@ -257,3 +257,29 @@ def test_a_worker_sigkilled_during_the_notes_call_never_writes_a_second_note(
     assert hubspot.count(NOTES) == 1  # the killed call; nothing written since
     assert notes_per_submission(hubspot, ids) == [1] * 40
     assert all(row.status == "done" and row.hubspot_id for row in activity_rows())
+
+
+def test_status_and_metrics_count_timeline_writes_by_outcome(
+    settings: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from leadsync import metrics, status
+
+    for i in range(3):
+        packet(f"m{i}@example.org", settings)
+    flush(crm, settings)
+    packet("m3@example.org", settings)
+    flush_pending(get_sessionmaker(), None, mapping(settings), settings)  # no token: the note waits
+    report = status.collect(settings)
+    assert report["timeline"] == {"note": {"done": 3}}  # m3's note is not due before its contact is synced
+    flush(crm, settings)
+    assert status.collect(settings)["timeline"] == {"note": {"done": 4}}
+
+    class Collector:
+        def collect(self) -> Any:
+            return metrics.state_metrics(status.collect(settings))
+
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    assert b'leadsync_hubspot_timeline{kind="note",status="done"} 4.0' in generate_latest(registry)
