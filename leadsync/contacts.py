@@ -127,7 +127,12 @@ def export_bounds(session: Session, sync: str | None = None) -> tuple[int, int]:
 
 
 def all_sales_rows(
-    session: Session, settings: Settings, sync: str | None = None, chunk: int = 500, upto: int | None = None
+    session: Session,
+    settings: Settings,
+    sync: str | None = None,
+    chunk: int = 500,
+    upto: int | None = None,
+    start_after: int = 0,
 ) -> Iterator[SalesRow]:
     """Every contact up to id `upto` (default: the highest when called), a page at a time, by key.
 
@@ -138,7 +143,7 @@ def all_sales_rows(
     """
     if upto is None:
         upto = export_bounds(session, sync)[0]
-    last = 0
+    last = start_after
     while True:
         query = select(Contact).where(Contact.id > last, Contact.id <= upto).order_by(Contact.id).limit(chunk)
         if sync:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -246,20 +246,27 @@ def _settle(
     rejected: dict[int, str],
     released: Sequence[int],
 ) -> None:
-    """Store what happened: done with the HubSpot id, rejected with the reason, the rest given back."""
+    """Store what happened: done with the HubSpot id, rejected with the reason, the rest given back.
+    One statement per outcome with many parameter sets (100 single updates cost ~100 ms on SQLite)."""
     now = utcnow()
+    by_id = update(CrmActivity).where(CrmActivity.id == bindparam("p_id"))
     with session_factory() as session, session.begin():
-        for activity_id, hubspot_id in done.items():
-            session.execute(
-                update(CrmActivity)
-                .where(CrmActivity.id == activity_id)
-                .values(status=ActivityStatus.DONE, hubspot_id=hubspot_id, done_at=now, claimed_until=None, error=None)
+        connection = session.connection()
+        if done:
+            connection.execute(
+                by_id.values(
+                    status=ActivityStatus.DONE,
+                    hubspot_id=bindparam("p_hubspot_id"),
+                    done_at=now,
+                    claimed_until=None,
+                    error=None,
+                ),
+                [{"p_id": activity_id, "p_hubspot_id": hubspot_id} for activity_id, hubspot_id in done.items()],
             )
-        for activity_id, reason in rejected.items():
-            session.execute(
-                update(CrmActivity)
-                .where(CrmActivity.id == activity_id)
-                .values(status=ActivityStatus.REJECTED, error=reason[:ERROR_MAX], claimed_until=None)
+        if rejected:
+            connection.execute(
+                by_id.values(status=ActivityStatus.REJECTED, error=bindparam("p_error"), claimed_until=None),
+                [{"p_id": activity_id, "p_error": reason[:ERROR_MAX]} for activity_id, reason in rejected.items()],
             )
         if released:
             session.execute(update(CrmActivity).where(CrmActivity.id.in_(list(released))).values(claimed_until=None))
