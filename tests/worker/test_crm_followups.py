@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from leadsync.config import Settings
-from leadsync.storage.db import get_sessionmaker
+from leadsync.storage.db import get_sessionmaker, session_scope
+from leadsync.storage.models import Submission
 from leadsync.worker.crm.followups import SUBJECT, next_business_day
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.notes import token
@@ -116,6 +117,8 @@ def test_the_forms_api_gets_hutk_page_ip_and_consent(
         page_url="https://clinic.example/knee",
         page_title="Knee pain: what helps",
     )
+    with session_scope() as session:  # the visitor's address, as the HTTP edge stores it
+        session.get_one(Submission, submission_id).ip = "203.0.113.7"
     process(submission_id, forms)
     report = flush(crm, forms)
     assert report.activities["form_sent"] == 1
@@ -124,6 +127,7 @@ def test_the_forms_api_gets_hutk_page_ip_and_consent(
     assert body["context"]["hutk"] == HUTK
     assert body["context"]["pageUri"] == "https://clinic.example/knee"
     assert body["context"]["pageName"] == "Knee pain: what helps"
+    assert body["context"]["ipAddress"] == "203.0.113.7"
     assert {"objectTypeId": "0-1", "name": "email", "value": "ann@example.org"} in body["fields"]
     assert body["legalConsentOptions"]["consent"] == {"consentToProcess": True, "text": forms.consent_text}
     flush(crm, forms)
