@@ -44,14 +44,19 @@ def _fill(count: int) -> None:
 
 
 def _keyset_page(after: int) -> float:
+    """The page of contacts after+1 .. after+PAGE (the export walks down from the newest)."""
     from leadsync.config import get_settings
     from leadsync.contacts import all_sales_rows
     from leadsync.storage.db import get_sessionmaker
 
     with get_sessionmaker()() as session:
         started = time.perf_counter()
-        rows = all_sales_rows(session, get_settings(), chunk=PAGE, upto=after + PAGE, start_after=after)
-        got = sum(1 for _ in rows)
+        rows = all_sales_rows(session, get_settings(), chunk=PAGE, upto=after + PAGE)
+        got = 0
+        for _ in rows:  # one page: stop before the generator asks for the next
+            got += 1
+            if got == PAGE:
+                break
         elapsed = time.perf_counter() - started
     assert got == PAGE, got
     return elapsed

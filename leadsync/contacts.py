@@ -132,20 +132,20 @@ def all_sales_rows(
     sync: str | None = None,
     chunk: int = 500,
     upto: int | None = None,
-    start_after: int = 0,
+    start_before: int | None = None,
 ) -> Iterator[SalesRow]:
-    """Every contact up to id `upto` (default: the highest when called), a page at a time, by key.
+    """Every contact up to id `upto` (default: the highest when called), newest first, a page at a time, by key.
 
-    Pages follow the primary key (`WHERE id > last ORDER BY id LIMIT n`), not OFFSET: each page costs one
+    Pages follow the primary key (`WHERE id < last ORDER BY id DESC LIMIT n`), not OFFSET: each page costs one
     index range scan wherever it is (OFFSET re-reads every row before it), and leads arriving or changing
     during the export neither shift a page nor repeat or skip anyone. Each contact that existed when the
     export started appears exactly once; newer ones wait for the next export.
     """
     if upto is None:
         upto = export_bounds(session, sync)[0]
-    last = start_after
+    last = min(upto + 1, start_before) if start_before is not None else upto + 1
     while True:
-        query = select(Contact).where(Contact.id > last, Contact.id <= upto).order_by(Contact.id).limit(chunk)
+        query = select(Contact).where(Contact.id < last).order_by(Contact.id.desc()).limit(chunk)
         if sync:
             query = query.where(Contact.crm_status == sync)
         contacts = list(session.scalars(query))
