@@ -45,11 +45,23 @@ class Settings(BaseSettings):
     # var_dir (worker/crm/ratelimit.py). 100 on Free/Starter, 190 Professional/Enterprise, 250 with the increase.
     hubspot_rate_limit: int = Field(100, ge=1, description="HubSpot requests allowed per 10 seconds")
     hubspot_timeout: float = Field(10.0, gt=0, description="seconds for one HubSpot call")
-    hubspot_portal_id: str | None = None  # only to build record links for sales
+    # The HubSpot account id: record links for sales, and (with HUBSPOT_FORM_GUIDS) the Forms API submissions.
+    hubspot_portal_id: str | None = None
     hubspot_mapping_path: Path = CONFIG_DIR / "hubspot_mapping.toml"
     # The HubSpot subscription type (communication preference) the newsletter is: confirmed subscribers are
     # subscribed to it, unsubscribes unsubscribe (worker/crm/preferences.py). Unset: only the custom property.
     hubspot_subscription_id: str | None = None
+    # A note on the contact's timeline per info-packet request and confirmed newsletter sign-up
+    # (worker/crm/notes.py). Off: properties only, as before.
+    hubspot_notes: bool = True
+    # leadsync form -> HubSpot form GUID, e.g. "info_packet=0b5c...,newsletter=8e21...": each such submission is
+    # also sent to HubSpot's Forms API (v3 integration submit) with hutk, page and consent, for attribution and
+    # the account's form workflows (worker/crm/forms_api.py). Needs HUBSPOT_PORTAL_ID. Empty: off.
+    hubspot_form_guids: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    hubspot_forms_base_url: str = "https://api.hsforms.com"
+    # HubSpot owner ids, e.g. "101,102,103": a new info-packet lead gets one by round robin (never replacing an
+    # owner the record has) and a follow-up task due the next business day (worker/crm/followups.py). Empty: off.
+    hubspot_owner_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Mail. No SMTP_HOST: mails are written as .eml files into var_dir/outbox.
     smtp_host: str | None = None
@@ -63,6 +75,17 @@ class Settings(BaseSettings):
     smtp_ca_file: Path | None = None  # PEM bundle of a private CA; unset = the system's CAs
     smtp_timeout: float = Field(15.0, gt=0, description="seconds for one SMTP conversation step")
     mail_from: str = "Regenerative Medicine Clinic <info@clinic.example>"
+    # Content without a rebuild (compose mounts ./content): the Jinja2 email templates, the emails' configuration
+    # (subjects, packet attachment) and the consent wording. Unset: the copies shipped in config/. Read at
+    # startup, so a change needs a worker restart at most (templates are re-read when their file changes).
+    email_templates_dir: Path | None = None
+    emails_config_path: Path | None = None
+    # The consent sentence shown next to the forms, stored with each submission as its version, and sent to
+    # HubSpot's Forms API as the legal consent text. Change the version whenever the wording changes.
+    consent_text: str = Field(
+        "I agree that the clinic may store my details and contact me about my request.", min_length=1
+    )
+    consent_text_version: str = Field("2026-11", min_length=1, max_length=32)
     mail_reply_to: str | None = None  # where replies go; unset = MAIL_FROM
     info_packet_path: Path = CONFIG_DIR / "packet" / "info-packet.pdf"
     email_claim_lease_seconds: float = Field(
@@ -138,6 +161,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("hubspot_form_guids", mode="before")
+    @classmethod
+    def _split_form_guids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        guids: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            form, sep, guid = part.partition("=")
+            if not sep or form.strip() not in ("info_packet", "newsletter") or not guid.strip():
+                raise ValueError(f"expected form=GUID with form info_packet or newsletter, got {part!r}")
+            guids[form.strip()] = guid.strip()
+        return guids
+
+    @field_validator("hubspot_owner_ids", mode="before")
+    @classmethod
+    def _split_owner_ids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        owners = [p.strip() for p in value.split(",") if p.strip()]
+        if any(not owner.isdigit() for owner in owners):
+            raise ValueError("HubSpot owner ids are numbers, comma separated, e.g. 101,102")
+        return owners
 
     @field_validator("hubspot_subscription_id")
     @classmethod

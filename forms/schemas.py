@@ -190,6 +190,7 @@ class MetaFields(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
     page_url: Annotated[_text(2048), AfterValidator(_page_url)] = None
+    page_title: _text(300) = None  # the article's title, for the note sales read in HubSpot
     utm_source: _text(255) = None
     utm_medium: _text(255) = None
     utm_campaign: _text(255) = None

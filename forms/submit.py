@@ -35,7 +35,6 @@ from leadsync.storage.db import get_sessionmaker
 from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_submissions
 
 log = logging.getLogger(__name__)
-CONSENT_TEXT_VERSION = "2026-11"
 
 
 async def submit(request: Request) -> Response:
@@ -131,7 +130,7 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
         utm=parsed.utm(),
         consent={
             "newsletter": form == "newsletter" or bool(fields.get("newsletter_opt_in")),
-            "text_version": CONSENT_TEXT_VERSION,
+            "text_version": request.app.state.settings.consent_text_version,
             "ip": client,
             "user_agent": user_agent,
             "page_url": parsed.page_url,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
@@ -117,17 +117,47 @@ def sales_rows(session: Session, settings: Settings, limit: int = 50, sync: str 
     return _rows(session, settings, list(session.scalars(_query(sync).limit(limit))))
 
 
+def export_bounds(session: Session, sync: str | None = None) -> tuple[int, int]:
+    """(highest contact id, how many contacts) when an export starts: it covers exactly those contacts."""
+    query = select(func.max(Contact.id), func.count())
+    if sync:
+        query = query.where(Contact.crm_status == sync)
+    top, count = session.execute(query).one()
+    return int(top or 0), int(count or 0)
+
+
 def all_sales_rows(
-    session: Session, settings: Settings, sync: str | None = None, chunk: int = 500
+    session: Session,
+    settings: Settings,
+    sync: str | None = None,
+    chunk: int = 500,
+    upto: int | None = None,
+    start_before: int | None = None,
 ) -> Iterator[SalesRow]:
-    """Every contact, in chunks, for exports of any size."""
-    offset = 0
+    """Every contact up to id `upto` (default: the highest when called), newest first, a page at a time, by key.
+
+    Pages follow the primary key (`WHERE id < last ORDER BY id DESC LIMIT n`), not OFFSET: each page costs one
+    index range scan wherever it is (OFFSET re-reads every row before it), and leads arriving or changing
+    during the export neither shift a page nor repeat or skip anyone. Each contact that existed when the
+    export started appears exactly once; newer ones wait for the next export.
+    """
+    if upto is None:
+        upto = export_bounds(session, sync)[0]
+    last = min(upto + 1, start_before) if start_before is not None else upto + 1
     while True:
-        contacts = list(session.scalars(_query(sync).offset(offset).limit(chunk)))
+        query = select(Contact).where(Contact.id < last).order_by(Contact.id.desc()).limit(chunk)
+        if sync:
+            query = query.where(Contact.crm_status == sync)
+        contacts = list(session.scalars(query))
         if not contacts:
             return
-        yield from _rows(session, settings, contacts)
-        offset += chunk
+        rows = _rows(session, settings, contacts)
+        last = contacts[-1].id
+        # One short transaction a page: on SQLite (BEGIN IMMEDIATE) a long one would hold the intake off for the
+        # whole export, and a million contacts must not pile up in the session.
+        session.rollback()
+        session.expunge_all()
+        yield from rows
 
 
 def _when(moment: datetime | None) -> str:

@@ -140,6 +140,15 @@ def state_metrics(report: dict[str, Any]) -> Iterator[Metric]:
         "Age of the oldest contact change HubSpot has not seen (0 when none).",
         report["crm_sync_lag_seconds"],
     )
+    timeline = GaugeMetricFamily(
+        "leadsync_hubspot_timeline",
+        "HubSpot timeline writes (note, task, owner, form) by outcome (pending, done, rejected).",
+        labels=["kind", "status"],
+    )
+    for kind, states in sorted((report.get("timeline") or {}).items()):
+        for state, count in sorted(states.items()):
+            timeline.add_metric([kind, state], count)
+    yield timeline
     yield _gauge("leadsync_crm_sync_enabled", "1 when HUBSPOT_ACCESS_TOKEN is set.", report["crm_sync"] == "enabled")
 
     hubspot = report.get("hubspot", {})

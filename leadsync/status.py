@@ -33,6 +33,7 @@ from leadsync.storage.models import (
     utcnow,
 )
 from leadsync.worker import erasure
+from leadsync.worker.crm.activities import activity_counts
 from leadsync.worker.crm.sync import AUTH_STATE, hubspot_status
 from leadsync.worker.signatures import broker_ping
 
@@ -112,6 +113,10 @@ def collect(settings: Settings) -> dict[str, Any]:
             auth = session.get(ServiceState, AUTH_STATE)
             report["erasures"] = erasure.pending(session, now)
             report["hubspot"], hubspot_reasons, hubspot_notes = hubspot_status(session, now)
+            # Timeline writes by kind and outcome: {"note": {"done": 120, "pending": 3}, "form": {...}}
+            report["timeline"] = {}
+            for (kind, state), count in activity_counts(session).items():
+                report["timeline"].setdefault(kind, {})[state] = count
         report["reasons"] += hubspot_reasons
         report["notes"] += hubspot_notes
         if oldest and now - oldest > STALE_PENDING:
@@ -202,6 +207,9 @@ def render(report: dict[str, Any], console: Any = None) -> None:
             if hubspot.get("paused_until"):
                 line.append(f"  paused until {hubspot['paused_until']}", "yellow")
             grid.add_row("hubspot", line)
+        timeline = report.get("timeline") or {}
+        if timeline:
+            grid.add_row("timeline", "; ".join(f"{kind}s {_counts_text(timeline[kind])}" for kind in sorted(timeline)))
         owed = report.get("erasures") or {"pending": 0}
         if owed["pending"]:
             grid.add_row(

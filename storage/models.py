@@ -8,6 +8,7 @@
 - `suppressions`: forgotten people, as a keyed hash of the address only.
 - `erasures`: HubSpot deletes still owed for forgotten people (retried until HubSpot confirms).
 - `spam_counts`: spam posts counted per day, form and reason (only a small sample is kept as submissions).
+- `crm_activities`: what a submission wrote on the contact's HubSpot timeline (note, task, form submission).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -129,6 +130,8 @@ class Contact(Base):
     hubspot_stage: Mapped[str | None] = mapped_column(String(32))  # the lifecycle stage last written to HubSpot
     # the newsletter status last pushed to HubSpot's communication preferences (HUBSPOT_SUBSCRIPTION_ID)
     hubspot_newsletter_status: Mapped[str | None] = mapped_column(String(16))
+    # HUBSPOT_OWNER_IDS: the owner leadsync chose by round robin (sent once, only to a record without one)
+    owner_id: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (Index("ix_contacts_crm_pending", "crm_status", "crm_changed_at"),)
 
@@ -158,6 +161,7 @@ class EmailSend(Base):
     next_attempt_at: Mapped[datetime | None]  # when a scheduled retry is due; the sweeper waits for it
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)  # `leadsync packet resend --reason`: why staff sent it again
 
     __table_args__ = (
         Index("ix_email_sends_contact_kind", "contact_id", "kind", "created_at"),
@@ -270,3 +274,45 @@ class SpamCount(Base):
     form: Mapped[str] = mapped_column(String(32), primary_key=True)
     reason: Mapped[str] = mapped_column(String(32), primary_key=True)
     count: Mapped[int] = mapped_column(default=0)
+
+
+class ActivityKind:
+    NOTE = "note"  # a note on the contact's timeline (CRM v3 notes, association type 202)
+    TASK = "task"  # "Follow up: information packet requested" for the owner (CRM v3 tasks, type 204)
+    FORM = "form"  # the submission sent to HubSpot's Forms API (v3 integration submit), for attribution
+
+
+class ActivityStatus:
+    PENDING = "pending"  # not written yet, or written with an outcome we never heard (see `attempted_at`)
+    DONE = "done"
+    REJECTED = "rejected"  # HubSpot refused it (207/400 for this input); see `error` and `leadsync failed list`
+
+
+class CrmActivity(Base):
+    """One HubSpot write a submission calls for, keyed by (kind, submission): the idempotency key.
+
+    `attempted_at` is set, and committed, before the write goes out: a row that has it but no `hubspot_id`
+    may have landed (a worker killed mid-call, a timeout), so the next flush looks for it in HubSpot before
+    writing again (worker/crm/activities.py). The text itself is not stored: it is built from the submission.
+    """
+
+    __tablename__ = "crm_activities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    submission_id: Mapped[str] = mapped_column(String(32))  # no foreign key: the history outlives retention
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=ActivityStatus.PENDING)
+    hubspot_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    attempted_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("kind", "submission_id", name="uq_crm_activities_kind_submission"),
+        Index("ix_crm_activities_due", "kind", "status", "id"),
+        Index("ix_crm_activities_contact", "contact_id"),
+    )

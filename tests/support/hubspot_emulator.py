@@ -1,5 +1,6 @@
 """A local, in-memory emulator of HubSpot's CRM v3 HTTP API: contacts, contact properties, GDPR delete,
-and the communication preferences v3 API (subscription definitions and per-address statuses).
+the communication preferences v3 API (subscription definitions and per-address statuses), and the timeline
+half in tests/support/hubspot_engagements.py (notes, tasks, owners, Forms API submissions).
 
 Why it exists: the worker talks to HubSpot only through the official ``hubspot-api-client``, and
 HubSpot itself is out of reach from tests, CI and benchmarks. This module speaks HubSpot's wire format
@@ -47,6 +48,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.support.hubspot_engagements import OWNERS, Engagements
 
 log = logging.getLogger(__name__)
 
@@ -558,6 +561,8 @@ class HubSpotEmulator:
         self._fail_until = 0.0
         self._fail_for_status = 503
         self._delays: deque[float] = deque()
+        self._holds: list[list[Any]] = []  # [remaining, seconds, path_contains]: answer late, after the write
+        self.engagements = Engagements(self)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -716,6 +721,8 @@ class HubSpotEmulator:
             self._fail_count = 0
             self._fail_until = 0.0
             self._delays.clear()
+            self._holds.clear()
+            self.engagements.reset()
             self._seed()
 
     def fail_next(self, n: int, status: int = 503, path_contains: str | None = None) -> None:
@@ -733,6 +740,19 @@ class HubSpotEmulator:
         with self._lock:
             self._delays.extend([seconds] * n)
 
+    def hold_after_next(self, n: int, seconds: float, path_contains: str) -> None:
+        """The next n requests to paths containing `path_contains` are handled at once (the write lands) and
+        answered `seconds` later: the window in which a client is killed after HubSpot wrote."""
+        with self._lock:
+            self._holds.append([n, seconds, path_contains])
+
+    def _take_hold(self, path: str) -> float:
+        for hold in self._holds:
+            if hold[0] > 0 and hold[2] in path:
+                hold[0] -= 1
+                return float(hold[1])
+        return 0.0
+
     def set_token(self, token: str) -> None:
         with self._lock:
             self.token = token
@@ -740,6 +760,15 @@ class HubSpotEmulator:
     def _seed(self) -> None:
         self.properties.clear()
         self.properties.update(standard_properties())
+        self.properties["hubspot_owner_id"] = _prop(
+            "hubspot_owner_id",
+            "Contact owner",
+            "enumeration",
+            "select",
+            group="sales_properties",
+            options=tuple((owner_id, f"{first} {last}") for owner_id, first, last in OWNERS),
+            read_only_definition=False,
+        )
         self.groups.clear()
         self.groups.update(standard_groups())
         self.subscription_definitions.clear()
@@ -774,6 +803,7 @@ class HubSpotEmulator:
                     body_error,
                     base_url,
                 )
+            hold = self._take_hold(path) if fault is None else 0.0
             inputs = len(body["inputs"]) if isinstance(body, dict) and isinstance(body.get("inputs"), list) else None
             self._calls.append(
                 Call(
@@ -787,6 +817,8 @@ class HubSpotEmulator:
                     duration=time.monotonic() - started,
                 )
             )
+        if hold > 0:
+            await asyncio.sleep(hold)
         if payload is None or (status >= 500 and self.strict.error_body == "empty"):
             return Response(status_code=status, headers=headers)
         if status >= 500 and self.strict.error_body == "html":
@@ -907,6 +939,7 @@ class HubSpotEmulator:
             ("GET", r"/communication-preferences/v3/status/email/(?P<email>[^/]+)", self._email_statuses),
             ("POST", r"/communication-preferences/v3/subscribe", self._subscribe),
             ("POST", r"/communication-preferences/v3/unsubscribe", self._unsubscribe),
+            *self.engagements.routes(),
         ]
         return [(m, re.compile(p), h) for m, p, h in table]
 

@@ -28,6 +28,10 @@ contacts whose row is gone (`leadsync forget` deletes it, with the suppression e
 and a contact written while it was being forgotten has its new record id added to the erasure job
 (worker/erasure.py), which deletes it again.
 
+After the contacts, the timeline (worker/crm/activities.py): a note per info-packet request and confirmed
+newsletter sign-up, and with HUBSPOT_OWNER_IDS / HUBSPOT_FORM_GUIDS the owner, the follow-up task and the Forms
+API post, each written once per submission. They run on every flush, so those a 429 deferred go out later.
+
 With HUBSPOT_SUBSCRIPTION_ID set, a newsletter status that became subscribed/unsubscribed is then pushed
 to HubSpot's communication preferences, one call per contact (worker/crm/preferences.py). A contact whose
 push did not happen stays pending; a refused push rejects it like a refused input.
@@ -54,6 +58,7 @@ from sqlalchemy.orm import Session
 from leadsync.config import Settings
 from leadsync.storage.models import Contact, CrmStatus, ServiceState, utcnow
 from leadsync.worker import dead_letters, erasure
+from leadsync.worker.crm.activities import flush_activities
 from leadsync.worker.crm.hubspot import (
     MAX_BATCH,
     CrmAuthError,
@@ -95,6 +100,8 @@ class FlushReport:
     calls: int = 0  # HubSpot calls made by this flush (retries included)
     rate_limited: int = 0  # of which answered 429
     preferences: int = 0  # newsletter statuses pushed to HubSpot's communication preferences
+    activities: dict[str, int] = field(default_factory=dict)  # timeline writes: note_created, task_found, ...
+    timeline_calls: int = 0  # HubSpot calls for notes, owners, tasks and Forms API posts (not in `calls`)
     error: str | None = None
 
     def full(self, batch_size: int) -> bool:
@@ -203,6 +210,7 @@ def flush_pending(
     claimed = _claim(session_factory, mapping, min(limit or settings.crm_batch_size, MAX_BATCH), now, subscription_id)
     report = FlushReport(claimed=len(claimed))
     if not claimed:
+        _timeline(session_factory, crm, settings, report, [])
         return report
 
     calls, rate_limited = crm.stats.calls, crm.stats.rate_limited
@@ -222,10 +230,24 @@ def flush_pending(
     report.rate_limited = crm.stats.rate_limited - rate_limited
     report.synced, report.rejected, report.deferred = _record(session_factory, claimed, progress, failure, now)
     _erase_written_in_flight(session_factory, claimed, progress, suppression_keys(settings))
+    if failure is None or isinstance(failure, CrmRejected):
+        _timeline(
+            session_factory, crm, settings, report, [c.contact_id for c in claimed if c.contact_id in progress.ids]
+        )
     _after(session_factory, crm, failure, now)
     if failure is not None:
         report.error = str(failure)
     return report
+
+
+def _timeline(
+    session_factory: Callable[[], Session], crm: HubSpotCrm, settings: Settings, report: FlushReport, synced: list[int]
+) -> None:
+    """Notes, owners, tasks and Forms API posts for the contacts written now and any still due."""
+    calls = crm.stats.calls
+    outcome = flush_activities(session_factory, crm, settings, synced)
+    report.timeline_calls += crm.stats.calls - calls
+    report.activities = dict(outcome.counts)
 
 
 def _not_forgotten(session_factory: Callable[[], Session], contacts: list[Claimed]) -> list[Claimed]:

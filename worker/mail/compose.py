@@ -1,6 +1,10 @@
 """Building emails from the Jinja2 templates and `config/emails.toml`, right on the wire.
 
 Each email kind (`info_packet`, `newsletter_confirm`) names its fixed subject, templates and extras there.
+EMAIL_TEMPLATES_DIR and EMAILS_CONFIG_PATH point at a mounted content directory instead of the copies in the
+package, so staff change wording without a new image: a template edited on disk shows in the next email
+(Jinja2 checks the file's mtime on every use), and the emails' configuration is read again when its file
+changes.
 Newsletter-related kinds carry a signed unsubscribe link, the RFC 8058 one-click headers and a List-Id.
 
 What a visitor typed reaches an email in one place only: a plain first name in the greeting (escaped in
@@ -34,7 +38,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from leadsync.config import Settings
+from leadsync.config import Settings, get_settings
 from leadsync.config.settings import CONFIG_DIR
 from leadsync.signing import sign
 from leadsync.worker.mail.addresses import one_line, wire_address, wire_message_id
@@ -69,20 +73,36 @@ class WirePolicy(EmailPolicy):
 WIRE_POLICY = WirePolicy()
 
 
-@lru_cache(maxsize=1)
-def _environment() -> Environment:
-    # Autoescape HTML so a name like "<script>" arrives as text, never markup.
+def templates_dir(settings: Settings) -> Path:
+    return settings.email_templates_dir or CONFIG_DIR / "templates"
+
+
+def config_path(settings: Settings) -> Path:
+    return settings.emails_config_path or CONFIG_DIR / "emails.toml"
+
+
+@lru_cache(maxsize=4)
+def _environment(directory: Path) -> Environment:
+    # Autoescape HTML so a name like "<script>" arrives as text, never markup. auto_reload (Jinja2's default):
+    # a template whose file changed is compiled again on its next use.
     return Environment(
-        loader=FileSystemLoader(CONFIG_DIR / "templates"),
+        loader=FileSystemLoader(directory),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,  # a template asking for anything not in the context fails loudly
+        auto_reload=True,
     )
 
 
-@lru_cache(maxsize=1)
-def email_config() -> dict[str, Any]:
-    """config/emails.toml, checked (see `load_email_config`), read once."""
-    return load_email_config(CONFIG_DIR / "emails.toml")
+def email_config(settings: Settings | None = None) -> dict[str, Any]:
+    """The emails' configuration (EMAILS_CONFIG_PATH, else config/emails.toml), checked; read again when the
+    file changes (one stat per email)."""
+    path = config_path(settings or get_settings())
+    return _config_at(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _config_at(path: Path, mtime_ns: int) -> dict[str, Any]:
+    return load_email_config(path)
 
 
 def load_email_config(path: Path) -> dict[str, Any]:
@@ -119,8 +139,8 @@ def compose(kind: str, contact: Any, message_id: str, settings: Settings) -> Ema
 
     Raises UnsendableMessage (a PermanentMailError) when an address cannot go on the wire as ASCII.
     """
-    config = email_config()[kind]
-    environment = _environment()
+    config = email_config(settings)[kind]
+    environment = _environment(templates_dir(settings))
     # The whole template context: no contact object, so no template can echo interest or message.
     context: dict[str, Any] = {"first_name": greeting_name(contact.first_name)}
     if config.get("newsletter"):

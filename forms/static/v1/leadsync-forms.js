@@ -251,6 +251,7 @@
     });
     // Cut to leadsync's limits: a visitor cannot correct a field they never see.
     if (!data.page_url) data.page_url = window.location.href.split("#")[0].slice(0, 2048);
+    if (!data.page_title && document.title) data.page_title = document.title.slice(0, 300);
     var utm = utmParams();
     UTM.forEach(function (name) {
       if (!data[name] && utm[name]) data[name] = String(utm[name]).slice(0, 255);
