@@ -81,6 +81,7 @@ def test_worker_sigkilled_mid_crm_flush_every_contact_reaches_hubspot_once(
         what="every contact synced after the lease",
     )
     recovered = time.monotonic() - killed
+
     # The held batch lands after the kill (HubSpot handles a request whose client went away).
     def held_calls() -> list:
         return [call for call in hubspot.calls() if call.duration >= HOLD]
