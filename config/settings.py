@@ -143,10 +143,17 @@ class Settings(BaseSettings):
     # Scheduling.
     sweep_interval_seconds: float = 15.0
     sweep_grace_seconds: float = 30.0  # a pending submission older than this is enqueued again
+    # A submission published this long ago and still pending is published again (its message was lost: a broker
+    # crash without AOF); 5 minutes is far longer than the queue takes at 200 posts/s (DESIGN.md).
+    sweep_requeue_seconds: float = Field(300.0, gt=0, description="a published, still-pending row is published again")
     # Group commit (forms/group_commit.py): most submissions in one transaction and in one broker message.
     intake_batch_max: int = Field(200, ge=1, le=1000)
     crm_flush_interval_seconds: float = 2.0
     crm_batch_size: int = Field(100, ge=1, le=100)
+    # How long a flush holds its contacts: a worker killed mid-flush leaves them leased this long, then another
+    # flush writes them again (an upsert by email: the same record). 3 minutes is longer than one flush with its
+    # retries and timeouts (4 tries of up to 30 s each).
+    crm_lease_seconds: float = Field(180.0, gt=0, description="a contact claimed by a flush is skipped this long")
 
     log_level: str = "INFO"
     access_log: bool = False  # uvicorn's line a request, besides leadsync's own line a post

@@ -23,8 +23,6 @@ from sqlalchemy.orm import Session
 from leadsync.config import Settings
 from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus
 
-# After a successful publish, wait this long before assuming the message was lost.
-REQUEUE_AFTER = timedelta(minutes=5)
 BATCH = 1000
 
 
@@ -38,12 +36,14 @@ def find_due_work(session: Session, now: datetime, settings: Settings) -> DueWor
     """Submissions and emails that are due and not (recently) handed to the broker."""
     grace = now - timedelta(seconds=settings.sweep_grace_seconds)
     lease = timedelta(seconds=settings.email_claim_lease_seconds)
+    # After a successful publish, wait this long (SWEEP_REQUEUE_SECONDS) before assuming the message was lost.
+    requeue_after = timedelta(seconds=settings.sweep_requeue_seconds)
     submissions = session.scalars(
         select(Submission.id)
         .where(
             Submission.status == SubmissionStatus.PENDING,
             Submission.received_at < grace,
-            or_(Submission.enqueued_at.is_(None), Submission.enqueued_at < now - REQUEUE_AFTER),
+            or_(Submission.enqueued_at.is_(None), Submission.enqueued_at < now - requeue_after),
         )
         .order_by(Submission.received_at)
         .limit(BATCH)
@@ -67,9 +67,13 @@ def find_due_work(session: Session, now: datetime, settings: Settings) -> DueWor
 
 
 def mark_published(
-    session_factory: Callable[[], Session], now: datetime, submissions: Iterable[str], emails: Iterable[str]
+    session_factory: Callable[[], Session],
+    now: datetime,
+    submissions: Iterable[str],
+    emails: Iterable[str],
+    requeue_after: timedelta,
 ) -> None:
-    """Remember what reached the broker, so the next sweep does not publish it again too soon."""
+    """Remember what reached the broker, so the next sweep does not publish it again before `requeue_after`."""
     submissions, emails = list(submissions), list(emails)
     with session_factory() as session, session.begin():
         if submissions:
@@ -78,5 +82,5 @@ def mark_published(
             session.execute(
                 update(EmailSend)
                 .where(EmailSend.id.in_(emails), EmailSend.status != EmailStatus.SENDING)
-                .values(next_attempt_at=now + REQUEUE_AFTER)
+                .values(next_attempt_at=now + requeue_after)
             )

@@ -7,6 +7,7 @@ without a broker.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -222,10 +223,11 @@ def purge() -> int:
 def sweep() -> dict[str, int]:
     """Publish again whatever the database says is due and the broker may have lost."""
     now = utcnow()
+    settings = get_settings()
     with session_scope() as session:
-        due = find_due_work(session, now, get_settings())
+        due = find_due_work(session, now, settings)
     batches = [due.submissions[i : i + SWEEP_BATCH] for i in range(0, len(due.submissions), SWEEP_BATCH)]
     published = [sid for batch in batches if signatures.enqueue_submissions(batch) for sid in batch]
     emails = [eid for eid in due.emails if signatures.enqueue_email(eid)]
-    mark_published(get_sessionmaker(), now, published, emails)
+    mark_published(get_sessionmaker(), now, published, emails, timedelta(seconds=settings.sweep_requeue_seconds))
     return {"submissions": len(published), "emails": len(emails)}

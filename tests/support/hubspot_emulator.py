@@ -753,6 +753,11 @@ class HubSpotEmulator:
                 return float(hold[1])
         return 0.0
 
+    def delays_left(self) -> int:
+        """Requests `delay_next` will still hold (0: every held request has arrived and is being held or done)."""
+        with self._lock:
+            return len(self._delays)
+
     def set_token(self, token: str) -> None:
         with self._lock:
             self.token = token

@@ -51,7 +51,18 @@ def services_env(smtp: Any, hubspot: Any, token: str = "test-token") -> dict[str
 class LeadsyncStack:
     """A web process and worker processes (the first with beat) sharing one configuration."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, workers: int = 1, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        workers: int = 1,
+        concurrency: int = 2,
+        *,
+        web_workers: int = 1,
+        separate_beat: bool = False,
+    ) -> None:
+        """`web_workers` > 1 runs `leadsync web --workers N`; `separate_beat` runs `leadsync beat` as its own
+        process (production's topology) instead of `worker --beat`."""
         # Rate limits off unless a test sets them: many tests post often from 127.0.0.1 (tests/security sets them).
         limits_off = {"RATE_LIMIT_PER_IP": "", "RATE_LIMIT_PER_EMAIL": "", "RATE_LIMIT_LINKS_PER_IP": ""}
         # `leadsync web|worker|beat` refuse to start without a secret and, outside dev mode, without SMTP_HOST:
@@ -65,6 +76,9 @@ class LeadsyncStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.worker_count = workers
         self.concurrency = concurrency
+        self.web_workers = web_workers
+        self.separate_beat = separate_beat
+        self.beat: subprocess.Popen[bytes] | None = None
         self.web: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[Path] = []
@@ -93,9 +107,12 @@ class LeadsyncStack:
             check=True,
             capture_output=True,
         )
-        self.web = self._spawn("web", "web", "--port", str(self.port))
+        web_args = ["--workers", str(self.web_workers)] if self.web_workers > 1 else []
+        self.web = self._spawn("web", "web", "--port", str(self.port), *web_args)
+        if self.separate_beat:
+            self.beat = self._spawn("beat", "beat", "--schedule", str(self.workdir / "beat-schedule"))
         for index in range(self.worker_count):
-            self.start_worker(beat=index == 0)
+            self.start_worker(beat=index == 0 and not self.separate_beat)
         wait_for(self._ready, timeout=30, what="leadsync web /readyz")
         return self
 
@@ -132,7 +149,7 @@ class LeadsyncStack:
 
     def stop(self) -> None:
         self.client.close()
-        processes = [p for p in [self.web, *self.workers] if p is not None]
+        processes = [p for p in [self.web, self.beat, *self.workers] if p is not None]
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -77,7 +77,6 @@ from leadsync.worker.privacy import suppression_keys
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=3)  # longer than one flush with its retries and timeouts
 AUTH_STATE = "hubspot_auth"  # {ok, detail, at, token, retry_at}
 PAUSE_STATE = "hubspot_pause"  # {until, failures, detail}: HubSpot down or the daily limit reached
 RATE_STATE = "hubspot_rate"  # the daily budget and 429s, for `leadsync status`
@@ -143,9 +142,14 @@ def pending_count(session: Session) -> int:
 
 
 def _claim(
-    session_factory: Callable[[], Session], mapping: Mapping, limit: int, now: datetime, subscription_id: str | None
+    session_factory: Callable[[], Session],
+    mapping: Mapping,
+    limit: int,
+    now: datetime,
+    subscription_id: str | None,
+    lease: timedelta,
 ) -> list[Claimed]:
-    """Lease up to `limit` pending contacts, one per email and one per HubSpot record."""
+    """Lease up to `limit` pending contacts for `lease` (CRM_LEASE_SECONDS), one per email and one per record."""
     with session_factory() as session, session.begin():
         contacts = session.scalars(
             select(Contact)
@@ -184,7 +188,7 @@ def _claim(
             session.execute(
                 update(Contact)
                 .where(Contact.id.in_([c.contact_id for c in claimed]))
-                .values(crm_claimed_until=now + LEASE)
+                .values(crm_claimed_until=now + lease)
             )
         return claimed
 
@@ -207,7 +211,8 @@ def flush_pending(
             return FlushReport(held=pending_count(session), error=stopped)
 
     subscription_id = settings.hubspot_subscription_id
-    claimed = _claim(session_factory, mapping, min(limit or settings.crm_batch_size, MAX_BATCH), now, subscription_id)
+    size, lease = min(limit or settings.crm_batch_size, MAX_BATCH), timedelta(seconds=settings.crm_lease_seconds)
+    claimed = _claim(session_factory, mapping, size, now, subscription_id, lease)
     report = FlushReport(claimed=len(claimed))
     if not claimed:
         _timeline(session_factory, crm, settings, report, [])
