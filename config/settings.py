@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     sweep_grace_seconds: float = 30.0  # a pending submission older than this is enqueued again
     # Group commit (forms/group_commit.py): most submissions in one transaction and in one broker message.
     intake_batch_max: int = Field(200, ge=1, le=1000)
+    # Posts waiting for a group commit per web process; one more is answered 503 + Retry-After at once (a full
+    # queue is ~5 commits of 200, well under a second: docs/benchmarks.md "Overload").
+    intake_queue_max: int = Field(1000, ge=1, le=100_000)
     crm_flush_interval_seconds: float = 2.0
     crm_batch_size: int = Field(100, ge=1, le=100)
 

@@ -7,6 +7,11 @@ single transaction in a thread, and answers every waiting request at once. Under
 grow by themselves (whatever arrived while the previous transaction committed); a lone request is
 committed at once, without waiting for company.
 
+The queue is bounded (INTAKE_QUEUE_MAX): past saturation a post is answered 503 with Retry-After at once
+(`Overloaded`, checked before the body is even read by forms/app.py's `ShedLoad`, and again here) instead
+of waiting behind an ever longer queue. With 200 a commit at ~5-10 ms a batch, 1,000 queued is under a
+second of work: a request either gets its commit within about a second or a quick "try again".
+
 The answer comes only after the commit: nothing is answered 202 that is not stored. Right after the
 commit, in the same thread, the batch's new submissions go to the broker as one message (publishing
 costs about 1 ms of CPU a message); a failed publish only logs, and the sweeper publishes later.
@@ -21,6 +26,8 @@ Parameters:
     store: stores a batch in one transaction and returns one outcome each, in order (runs in a thread).
     publish: hands a list of submission ids to the broker; must not raise (runs in the same thread).
     max_batch: the most submissions in one transaction, and in one published message.
+    max_queue: the most submissions waiting for a transaction (the one being committed not counted);
+        one more raises `Overloaded`, which the app answers 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ from leadsync.storage.submissions import NewSubmission, StoreOutcome
 
 log = structlog.get_logger(__name__)
 Waiter = tuple[NewSubmission, "asyncio.Future[StoreOutcome]"]
+RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second; the snippet retries once
+
+
+class Overloaded(Exception):
+    """The group-commit queue is full: answer 503 with Retry-After, store nothing."""
 
 
 class GroupCommit:
@@ -45,18 +57,33 @@ class GroupCommit:
         store: Callable[[Sequence[NewSubmission]], list[StoreOutcome]],
         publish: Callable[[list[str]], Any],
         max_batch: int = 200,
+        max_queue: int = 1000,
     ) -> None:
         self._store = store
         self._publish = publish
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Queue[Waiter]
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed, for tests and metrics
+        self.shed = 0  # posts answered 503 because the queue was full
+
+    @property
+    def saturated(self) -> bool:
+        """The queue holds max_queue submissions: a new post would only wait, so it is turned away."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return self._loop is loop and self._pending.qsize() >= self.max_queue
 
     async def store(self, new: NewSubmission) -> StoreOutcome:
         """Store `new` with whatever else is queued; returns once it is committed (or raises why not)."""
         self._ensure_started()
+        if self._pending.qsize() >= self.max_queue:
+            self.shed += 1
+            raise Overloaded(f"{self.max_queue} submissions already wait for a commit")
         future: asyncio.Future[StoreOutcome] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((new, future))
         return await future
