@@ -210,7 +210,7 @@ def worker(
 
 def _start_reserved_crm(args: list[str], loglevel: str) -> None:
     """Start the crm-only child, stopped with this worker's warm shutdown (or at exit, whichever first)."""
-    from celery.signals import worker_shutdown
+    from celery.signals import worker_shutdown, worker_shutting_down
 
     from leadsync.reserved_crm import ReservedCrm
 
@@ -221,6 +221,7 @@ def _start_reserved_crm(args: list[str], loglevel: str) -> None:
         elif arg.startswith("--hostname="):
             nodename = arg.partition("=")[2]
     crm = ReservedCrm(f"crm.{nodename}", loglevel, events="-E" in args or "--task-events" in args).start()
+    worker_shutting_down.connect(lambda **_: crm.begin_stop(), weak=False)  # both warm shutdowns run at once
     worker_shutdown.connect(lambda **_: crm.stop(), weak=False)
     atexit.register(crm.stop)
 

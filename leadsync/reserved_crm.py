@@ -10,7 +10,8 @@ sync drains at HubSpot's ceiling whatever the email backlog (tests/integration/t
 The child is `leadsync worker --queues crm --concurrency 1` with the parent's environment: its HubSpot
 counters land in the parent's PROMETHEUS_MULTIPROC_DIR (served by the parent's METRICS_PORT), it dies with
 its parent (PR_SET_PDEATHSIG on Linux, so a SIGKILLed worker leaves no orphan), it is stopped with the
-parent's warm shutdown (Celery's worker_shutdown), and it is started again if it exits on its own.
+parent's warm shutdown (SIGTERM when the parent's starts, worker_shutting_down; waited for at its end,
+worker_shutdown), and it is started again if it exits on its own.
 
 Example:
     >>> crm = ReservedCrm(nodename="crm.celery@%h", loglevel="INFO").start()
@@ -73,14 +74,20 @@ class ReservedCrm:
             log.error("the reserved CRM process exited with %s; starting it again", code)
             self._spawn()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM (Celery's warm shutdown: the running flush finishes), then SIGKILL after `timeout`."""
+    def begin_stop(self) -> None:
+        """SIGTERM now, without waiting: the child's warm shutdown runs alongside its parent's."""
         with self._lock:
             self._stopping.set()
             process = self.process
-        if process is None or process.poll() is not None:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (Celery's warm shutdown: the running flush finishes), then SIGKILL after `timeout`."""
+        self.begin_stop()
+        process = self.process
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
