@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             allow_origins=settings.allowed_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After"],  # the snippet honours a 503's Retry-After on another site too
             max_age=600,
         ),
         Middleware(ShedLoad, group_commit=group_commit),  # inside CORS: a browser can read the 503 and retry
