@@ -86,29 +86,35 @@ def overloaded(request: Request, _: Exception | None = None) -> Response:
 
 
 class ShedLoad:
-    """A post to a form while the group-commit queue is full is answered 503 before its body is read.
+    """A post to a form is answered 503 + Retry-After before its body is read when this process already has
+    INTAKE_MAX_IN_FLIGHT posts in progress, or the group-commit queue is full.
 
-    Pure ASGI (no BaseHTTPMiddleware: that one costs a task and a stream a request). Turning a post away
-    here costs ~0.1 ms instead of the ~1 ms of parsing, validating and counting it, which is what keeps the
-    answers quick past saturation (`./bench/run overload`). `GroupCommit.store` checks again, for the posts
-    already past this point when the queue filled.
+    Why in flight, not only the queue: past saturation the wait is for the CPU (parsing, validating: ~1 ms a
+    post), not for the commit; 256 connections on one process running 600-1,300 posts/s wait 0.2-0.45 s each
+    and the tail passes a second (`./bench/run overload`). Capped at 128 in flight, an admitted post waits
+    for at most ~128 others; a shed one costs ~0.1 ms. Pure ASGI (no BaseHTTPMiddleware: that one costs a
+    task and a stream a request). `GroupCommit.store` checks its queue again, for posts already past here.
     """
 
-    def __init__(self, app: ASGIApp, group_commit: GroupCommit) -> None:
+    def __init__(self, app: ASGIApp, group_commit: GroupCommit, max_in_flight: int) -> None:
         self.app = app
         self.group_commit = group_commit
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"].startswith("/forms/")
-            and self.group_commit.saturated
-        ):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/forms/"):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight or self.group_commit.saturated:
             self.group_commit.shed += 1
             await overloaded(Request(scope))(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class SnippetFiles(StaticFiles):
@@ -153,7 +159,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             expose_headers=["Retry-After"],  # the snippet honours a 503's Retry-After on another site too
             max_age=600,
         ),
-        Middleware(ShedLoad, group_commit=group_commit),  # inside CORS: a browser can read the 503 and retry
+        Middleware(
+            ShedLoad, group_commit=group_commit, max_in_flight=settings.intake_max_in_flight
+        ),  # inside CORS: a browser can read the 503 and retry
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={Overloaded: overloaded})
     app.state.settings = settings

@@ -107,3 +107,45 @@ def test_a_full_queue_answers_503_with_retry_after_and_stores_nothing(
     engine.dispose()
     assert stored == {"q0@example.org", "q1@example.org", "q2@example.org", "q3@example.org", "after@example.org"}
     assert total == 5  # nothing of the three shed posts, not even a spam count row
+
+
+@pytest.mark.parametrize("backend", ["redis-postgres"])
+def test_posts_past_the_in_flight_limit_are_answered_503_at_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # Two posts in progress at most; the queue limit far away, so only the in-flight limit can shed.
+    settings = apply_settings(monkeypatch, {"INTAKE_MAX_IN_FLIGHT": "2", "INTAKE_QUEUE_MAX": "1000"})
+    app = create_app(settings)
+    engine = create_engine(settings.database_url)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            with engine.connect() as lock:
+                lock.execute(text("LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE"))
+                held = [
+                    asyncio.create_task(client.post("/forms/newsletter", json={"email": f"h{n}@example.org"}))
+                    for n in range(2)
+                ]
+                # Both posts are in progress (in the writer's batch or queued behind it) while it waits on the lock.
+                await wait_until(lambda: waiting_on_locks(engine) == 1, "the writer never reached the database")
+                started = time.monotonic()
+                shed = await asyncio.wait_for(
+                    client.post("/forms/newsletter", json={"email": "over@example.org"}), timeout=5
+                )
+                quick = time.monotonic() - started
+                token = await asyncio.wait_for(client.get("/forms/token?form=newsletter"), timeout=5)
+                lock.rollback()
+            answers = await asyncio.gather(*held)
+            after = await client.post("/forms/newsletter", json={"email": "after@example.org"})
+
+        assert quick < 1.0 and shed.status_code == 503 and shed.headers["retry-after"] == "2"
+        assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
+        assert token.status_code == 200  # only form posts are limited; the page's token still loads
+        assert [answer.status_code for answer in answers] == [202, 202] and after.status_code == 202
+
+    asyncio.run(scenario())
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(Submission.email)))
+    engine.dispose()
+    assert stored == {"h0@example.org", "h1@example.org", "after@example.org"}
