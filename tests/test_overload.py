@@ -21,9 +21,11 @@ from sqlalchemy import Engine, create_engine, func, select, text
 
 from leadsync.config import Settings
 from leadsync.forms.app import OVERLOADED_MESSAGE, create_app
-from leadsync.forms.group_commit import Overloaded
+from leadsync.forms.group_commit import ADMISSION_DEADLINE_SECONDS, ARRIVED, GroupCommit, Overloaded
+from leadsync.forms.submit import store_batch
 from leadsync.storage.models import Submission
 from leadsync.storage.submissions import NewSubmission
+from leadsync.worker.signatures import enqueue_submissions
 from tests.conftest import apply_settings
 
 
@@ -149,3 +151,25 @@ def test_posts_past_the_in_flight_limit_are_answered_503_at_once(
         stored = set(connection.scalars(select(Submission.email)))
     engine.dispose()
     assert stored == {"h0@example.org", "h1@example.org", "after@example.org"}
+
+
+def test_a_post_that_reaches_the_commit_past_its_deadline_is_shed_and_not_stored(settings: Settings) -> None:
+    # What ShedLoad records for a post that waited for the CPU longer than the deadline before its commit.
+    commits = GroupCommit(store_batch, enqueue_submissions)
+    late = NewSubmission(form="newsletter", email="late@example.org", fields={}, raw={})
+    on_time = NewSubmission(form="newsletter", email="on-time@example.org", fields={}, raw={})
+
+    async def post(new: NewSubmission, waited: float) -> object:
+        ARRIVED.set(time.monotonic() - waited)
+        return await commits.store(new)
+
+    async def scenario() -> None:
+        with pytest.raises(Overloaded):
+            await post(late, ADMISSION_DEADLINE_SECONDS + 0.1)
+        assert (await post(on_time, 0.0)).created
+
+    asyncio.run(scenario())
+    engine = create_engine(settings.database_url)
+    with engine.connect() as connection:
+        assert set(connection.scalars(select(Submission.email))) == {"on-time@example.org"}
+    engine.dispose()
