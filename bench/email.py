@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from bench.processes import Proc, RssSampler, free_port, start_services, wait_for_log, wait_http
+from bench.processes import Proc, RssSampler, free_port, start_services, wait_http
 from tests.support.services import SmtpSink
 
 TARGET_PER_SECOND = 300
@@ -84,7 +84,6 @@ def main() -> int:
             print(f"{accepted:,} posts accepted; queueing their emails (intake only) ...", flush=True)
             intake = [sys.executable, "-m", "leadsync", "worker", "-Q", "intake", "-c", "2", "-n", "intake@%h"]
             with Proc("intake", intake, env, services.workdir, home) as worker:
-                wait_for_log(worker, " ready.")
                 while scalar(dsn, "SELECT count(*) FROM submissions WHERE status = 'pending'"):
                     time.sleep(0.2)
             queued = scalar(dsn, "SELECT count(*) FROM email_sends WHERE status = 'pending'")
@@ -96,7 +95,7 @@ def main() -> int:
             ):
                 first = last = None
                 deadline = time.monotonic() + 600
-                while len(sink.received) < queued and time.monotonic() < deadline:
+                while len(sink.received) < queued and time.monotonic() < deadline and worker.alive:
                     if first is None and sink.received:
                         first = time.monotonic()
                     time.sleep(0.02)
