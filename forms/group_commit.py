@@ -48,13 +48,14 @@ Waiter = tuple[NewSubmission, "asyncio.Future[StoreOutcome]"]
 RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second; the snippet retries once
 # A post that reaches the queue later than this after it arrived (forms/app.py ShedLoad sets ARRIVED) is
 # answered 503 instead of stored: past saturation an admitted post waits for the CPU, and without a deadline
-# the tail of the 202s grew past 2 s at -c 256 on a busy machine. 0.5 s + a commit keeps every 202 under 1 s.
+# the tail of the 202s grew past 2 s at -c 256 on a busy machine (docs/benchmarks.md "Under pressure"). The
+# aim: a 202 within 0.5 s + one commit; the rest of the wait is in front of the app (uvicorn, the loop).
 ADMISSION_DEADLINE_SECONDS = 0.5
 ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("leadsync_post_arrived", default=None)
 
 
 class Overloaded(Exception):
-    """The group-commit queue is full: answer 503 with Retry-After, store nothing."""
+    """Too many posts wait (a full queue) or this one waited too long: answer 503 with Retry-After, store nothing."""
 
 
 class GroupCommit:
@@ -73,7 +74,7 @@ class GroupCommit:
         self._pending: asyncio.Queue[Waiter]
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed, for tests and metrics
-        self.shed = 0  # posts answered 503 because the queue was full
+        self.shed = 0  # posts answered 503 by the app's ShedLoad or here, for tests and metrics
 
     @property
     def saturated(self) -> bool:
