@@ -49,7 +49,7 @@ def stack(
         "SWEEP_INTERVAL_SECONDS": str(SWEEP),
         "SWEEP_GRACE_SECONDS": str(GRACE),
     }
-    # One pool process per held send: a stalled sender blocks its process, as a slow QUIT would.
+    # One pool process per held send: a stalled sender blocks its process, as a slow 250 would.
     running = LeadsyncStack(env, tmp_path, concurrency=HELD).start()
     yield running
     running.stop()
