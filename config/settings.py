@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     sweep_requeue_seconds: float = Field(300.0, gt=0, description="a published, still-pending row is published again")
     # Group commit (forms/group_commit.py): most submissions in one transaction and in one broker message.
     intake_batch_max: int = Field(200, ge=1, le=1000)
+    # Posts waiting for a group commit per web process; one more is answered 503 + Retry-After at once (a full
+    # queue is ~5 commits of 200, well under a second: docs/benchmarks.md "Overload").
+    intake_queue_max: int = Field(1000, ge=1, le=100_000)
+    # Form posts in progress per web process; one more is answered 503 + Retry-After before its body is read
+    # (forms/app.py ShedLoad). 64 connections saturate a process; 128 keeps an admitted post's wait short.
+    intake_max_in_flight: int = Field(128, ge=1, le=100_000)
     crm_flush_interval_seconds: float = 2.0
     crm_batch_size: int = Field(100, ge=1, le=100)
     # How long a flush holds its contacts: a worker killed mid-flush leaves them leased this long, then another

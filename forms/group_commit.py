@@ -7,6 +7,11 @@ single transaction in a thread, and answers every waiting request at once. Under
 grow by themselves (whatever arrived while the previous transaction committed); a lone request is
 committed at once, without waiting for company.
 
+The queue is bounded (INTAKE_QUEUE_MAX): past saturation a post is answered 503 with Retry-After at once
+(`Overloaded`, checked before the body is even read by forms/app.py's `ShedLoad`, and again here) instead
+of waiting behind an ever longer queue. With 200 a commit at ~5-10 ms a batch, 1,000 queued is under a
+second of work: a request either gets its commit within about a second or a quick "try again".
+
 The answer comes only after the commit: nothing is answered 202 that is not stored. Right after the
 commit, in the same thread, the batch's new submissions go to the broker as one message (publishing
 costs about 1 ms of CPU a message); a failed publish only logs, and the sweeper publishes later.
@@ -21,12 +26,15 @@ Parameters:
     store: stores a batch in one transaction and returns one outcome each, in order (runs in a thread).
     publish: hands a list of submission ids to the broker; must not raise (runs in the same thread).
     max_batch: the most submissions in one transaction, and in one published message.
+    max_queue: the most submissions waiting for a transaction (the one being committed not counted);
+        one more raises `Overloaded`, which the app answers 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +45,17 @@ from leadsync.storage.submissions import NewSubmission, StoreOutcome
 
 log = structlog.get_logger(__name__)
 Waiter = tuple[NewSubmission, "asyncio.Future[StoreOutcome]"]
+RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second; the snippet retries once
+# A post that reaches the queue later than this after it arrived (forms/app.py ShedLoad sets ARRIVED) is
+# answered 503 instead of stored: past saturation an admitted post waits for the CPU, and without a deadline
+# the tail of the 202s grew past 2 s at -c 256 on a busy machine (docs/benchmarks.md "Under pressure"). The
+# aim: a 202 within 0.5 s + one commit; the rest of the wait is in front of the app (uvicorn, the loop).
+ADMISSION_DEADLINE_SECONDS = 0.5
+ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("leadsync_post_arrived", default=None)
+
+
+class Overloaded(Exception):
+    """Too many posts wait (a full queue) or this one waited too long: answer 503 with Retry-After, store nothing."""
 
 
 class GroupCommit:
@@ -45,18 +64,37 @@ class GroupCommit:
         store: Callable[[Sequence[NewSubmission]], list[StoreOutcome]],
         publish: Callable[[list[str]], Any],
         max_batch: int = 200,
+        max_queue: int = 1000,
     ) -> None:
         self._store = store
         self._publish = publish
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.Queue[Waiter]
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed, for tests and metrics
+        self.shed = 0  # posts answered 503 by the app's ShedLoad or here, for tests and metrics
+
+    @property
+    def saturated(self) -> bool:
+        """The queue holds max_queue submissions: a new post would only wait, so it is turned away."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return self._loop is loop and self._pending.qsize() >= self.max_queue
 
     async def store(self, new: NewSubmission) -> StoreOutcome:
         """Store `new` with whatever else is queued; returns once it is committed (or raises why not)."""
         self._ensure_started()
+        if self._pending.qsize() >= self.max_queue:
+            self.shed += 1
+            raise Overloaded(f"{self.max_queue} submissions already wait for a commit")
+        arrived = ARRIVED.get()
+        if arrived is not None and time.monotonic() - arrived > ADMISSION_DEADLINE_SECONDS:
+            self.shed += 1
+            raise Overloaded(f"the post waited {time.monotonic() - arrived:.2f}s before reaching the commit")
         future: asyncio.Future[StoreOutcome] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((new, future))
         return await future

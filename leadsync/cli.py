@@ -168,16 +168,28 @@ def _celery_globals(app: Any) -> list[str]:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", type=int, default=None, help="worker processes (default: CPU count)")
 @click.option("--queues", "-Q", default="intake,email,crm", show_default=True)
+@click.option(
+    "--reserve-crm/--no-reserve-crm",
+    default=True,
+    show_default=True,
+    help="a process of its own for the crm queue, so HubSpot sync never waits behind emails",
+)
+@click.option("--reserved-crm-child", is_flag=True, hidden=True)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None, queues: str) -> None:
+def worker(
+    ctx: click.Context, concurrency: int | None, queues: str, reserve_crm: bool, reserved_crm_child: bool
+) -> None:
     """Run a Celery worker; other options are passed to Celery (e.g. --beat, --loglevel).
 
+    While it serves `crm` and another queue, the crm queue gets a reserved process of its own
+    (leadsync/reserved_crm.py): --concurrency processes for intake and email, plus one for HubSpot.
     With METRICS_PORT set it serves its task counters at :METRICS_PORT/metrics (leadsync/metrics.py).
     """
     from leadsync.preflight import refuse_unsafe_start
 
     refuse_unsafe_start(get_settings(), "worker")
-    port = get_settings().metrics_port
+    # The reserved child writes its counters into its parent's metrics folder; the parent serves them.
+    port = None if reserved_crm_child else get_settings().metrics_port
     if port:
         _prepare_worker_metrics()
     from leadsync import metrics
@@ -186,12 +198,35 @@ def worker(ctx: click.Context, concurrency: int | None, queues: str) -> None:
     if port:
         metrics.serve_worker_metrics(port)
 
-    argv = ["worker", "--queues", queues, *ctx.args]
+    loglevel = get_settings().log_level
+    names = [name for name in queues.split(",") if name]
+    if reserve_crm and not reserved_crm_child and "crm" in names and len(names) > 1:
+        names.remove("crm")
+        _start_reserved_crm(ctx.args, loglevel)
+    argv = ["worker", "--queues", ",".join(names), *ctx.args]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if not any(arg.startswith(("--loglevel", "-l")) for arg in ctx.args):
-        argv += ["--loglevel", get_settings().log_level]
+        argv += ["--loglevel", loglevel]
     app.start(_celery_globals(app) + argv)
+
+
+def _start_reserved_crm(args: list[str], loglevel: str) -> None:
+    """Start the crm-only child, stopped with this worker's warm shutdown (or at exit, whichever first)."""
+    from celery.signals import worker_shutdown, worker_shutting_down
+
+    from leadsync.reserved_crm import ReservedCrm
+
+    nodename = "celery@%h"
+    for index, arg in enumerate(args):
+        if arg in ("-n", "--hostname") and index + 1 < len(args):
+            nodename = args[index + 1]
+        elif arg.startswith("--hostname="):
+            nodename = arg.partition("=")[2]
+    crm = ReservedCrm(f"crm.{nodename}", loglevel, events="-E" in args or "--task-events" in args).start()
+    worker_shutting_down.connect(lambda **_: crm.begin_stop(), weak=False)  # both warm shutdowns run at once
+    worker_shutdown.connect(lambda **_: crm.stop(), weak=False)
+    atexit.register(crm.stop)
 
 
 def _prepare_worker_metrics() -> None:

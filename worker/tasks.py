@@ -151,20 +151,21 @@ def _intake_summary(result: IntakeResult) -> str:
 def send_emails(send_ids: list[str]) -> dict[str, int]:
     """Many queued emails from one message; one needing a retry or failing oddly goes on alone to `send_email`."""
     transport, settings, done = mail_transport(), get_settings(), 0
-    for send_id in send_ids:
-        logs.unbind("submission_id")
-        logs.bind(email_send_id=send_id)
-        try:
-            delivery = deliver(get_sessionmaker(), send_id, transport, settings)
-        except Exception:
-            log.exception("email %s failed in a batch; retrying it on its own", send_id)
-            signatures.enqueue_email(send_id)
-            continue
-        _log_delivery(send_id, delivery)
-        if delivery.status == "retry":
-            signatures.enqueue_email(send_id, countdown=delivery.retry_in)
-        elif delivery.status != "failed":
-            done += 1  # sent, or nothing to do (already sent)
+    with transport.batch():  # one SMTP connection for the batch (worker/mail/transport.py)
+        for send_id in send_ids:
+            logs.unbind("submission_id")
+            logs.bind(email_send_id=send_id)
+            try:
+                delivery = deliver(get_sessionmaker(), send_id, transport, settings)
+            except Exception:
+                log.exception("email %s failed in a batch; retrying it on its own", send_id)
+                signatures.enqueue_email(send_id)
+                continue
+            _log_delivery(send_id, delivery)
+            if delivery.status == "retry":
+                signatures.enqueue_email(send_id, countdown=delivery.retry_in)
+            elif delivery.status != "failed":
+                done += 1  # sent, or nothing to do (already sent)
     logs.unbind("email_send_id", "submission_id")
     return {"done": done}
 

@@ -57,7 +57,7 @@ def stack(
         # outlast the slowest round (10 posts one by one on a loaded CI machine), or a send leaves the window.
         "SMTP_TIMEOUT": "300",
     }
-    # One pool process per held send: a stalled sender blocks its process, as a slow QUIT would.
+    # One pool process per held send: a stalled sender blocks its process, as a slow 250 would.
     running = LeadsyncStack(env, tmp_path, concurrency=HELD).start()
     yield running
     running.stop()

@@ -647,6 +647,9 @@ class _SinkHandler:
         self.sink = sink
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
+        if self.sink._drops_at("MAIL"):
+            server.transport.close()  # no reply: the client finds the connection gone
+            return "421 4.4.2 Connection dropped by the test"
         if self.sink.auth is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         envelope.sink_tls = server.transport.get_extra_info("ssl_object") is not None
@@ -668,6 +671,9 @@ class _SinkHandler:
         reply = self.sink._failure_for("DATA", envelope)
         if reply is not None:
             return reply
+        if self.sink._drops_at("DATA"):
+            server.transport.close()  # the whole message was sent, none of it kept, and no reply comes
+            return "421 4.4.2 Connection dropped by the test"
         self.sink._deliver(envelope)
         return "250 Message accepted for delivery"
 
@@ -783,6 +789,7 @@ class SmtpSink(_Closable):
         self.rejections = 0
         self._cond = threading.Condition()
         self._failure: _Failure | None = None
+        self._drop: list[Any] | None = None  # [stage, accepted messages still to let through]
         self._gate = threading.Event()
         self._gate.set()
         self._held = 0
@@ -931,6 +938,20 @@ class SmtpSink(_Closable):
         finally:
             self._held -= 1
 
+    def drop_connection(self, after: int, at: Literal["MAIL", "DATA"] = "MAIL") -> None:
+        """Once ``after`` more messages are accepted, close the client's connection without a reply: at the
+        next message's MAIL (a relay that closed a used connection: nothing of that message arrives), or at
+        the end of its DATA (the message was sent whole, is not kept, and the client cannot tell)."""
+        with self._cond:
+            self._drop = [at, after]
+
+    def _drops_at(self, stage: str) -> bool:
+        with self._cond:
+            if self._drop is None or self._drop[0] != stage or self._drop[1] > 0:
+                return False
+            self._drop = None
+            return True
+
     def _failure_for(self, stage: str, envelope: Any) -> str | None:
         """The failure reply for this command, if one is pending; one message uses up one failure."""
         reply: str | None = getattr(envelope, "_sink_failure", None)
@@ -960,6 +981,8 @@ class SmtpSink(_Closable):
         )
         with self._cond:
             self._received.append(mail)
+            if self._drop is not None:
+                self._drop[1] -= 1
             self._cond.notify_all()
 
     def __repr__(self) -> str:

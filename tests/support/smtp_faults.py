@@ -1,9 +1,9 @@
 """An SMTP server for the one window SMTP cannot close: the message was accepted, the sender died before it knew.
 
-`AcceptThenStall` answers 250 to DATA (the message is delivered: its envelope and raw bytes are kept), then,
-while armed, keeps the client waiting for the reply to its next command (smtplib's QUIT, sent when the
-`with smtplib.SMTP(...)` block ends). The sender has the 250 in hand and has not yet returned from
-`transport.send`, so it cannot have committed `sent`: a SIGKILL now lands exactly in the window.
+`AcceptThenStall` keeps the message (its envelope and raw bytes) at the end of DATA, then, while armed,
+holds back the 250: the server has the message and the sender is still waiting in `transport.send`, so it
+cannot have committed `sent`: a SIGKILL now lands exactly in the window. (It used to hold the reply to QUIT;
+since a batch reuses one connection, QUIT comes only after the batch's `sent` rows are committed.)
 Only the first message to a recipient is stalled (keyed on the envelope, so a broken Message-ID cannot
 hide); a second copy (the lease-expiry redelivery) passes straight through, so the drill sees it arrive.
 
@@ -44,21 +44,17 @@ class _StallHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        session.stall_next = self.server._accept(envelope)
-        return "250 Message accepted for delivery"
-
-    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
-        if getattr(session, "stall_next", False):
+        if self.server._accept(envelope):
             # aiosmtpd cancels this coroutine when the client's socket closes (its process was killed),
             # so `stalled` counts live senders only.
             with self.server._stalling():
                 while self.server._armed.is_set():
                     await asyncio.sleep(0.02)
-        return "221 Bye"
+        return "250 Message accepted for delivery"
 
 
 class AcceptThenStall:
-    """Accepts every message; while armed, the sender of a first copy never hears the reply to QUIT."""
+    """Accepts every message; while armed, the sender of a first copy never hears the 250 for it."""
 
     def __init__(self) -> None:
         self.host = LOOPBACK
@@ -101,7 +97,7 @@ class AcceptThenStall:
 
     @property
     def stalled(self) -> int:
-        """Senders holding a 250 for a first copy and waiting for the reply to QUIT, now."""
+        """Senders of a first copy the server kept, waiting for its 250, now."""
         with self._cond:
             return self._stalled
 

@@ -8,11 +8,24 @@ Failures are sorted into two classes the sender acts on: temporary (4xx, connect
 offered or not verifiable: retry later, as Postfix defers mail when required TLS fails) and permanent
 (5xx, or a configuration that would leak the login: retrying cannot help).
 
+Connection reuse: inside `with transport.batch():` every `send` goes over one connection (TLS and login
+once), as relays expect of bulk senders and as 300 emails/s needs (a fresh connection with STARTTLS costs
+a few ms and several round trips). At most MESSAGES_PER_CONNECTION messages go over one connection (relays
+such as Gmail's cut a session near 100). A connection dropped mid-batch is handled by where it broke:
+before DATA (MAIL/RCPT failed: a relay closed an idle connection, or said 421) nothing of this message
+reached the server, so it is sent again at once over a fresh connection; at or after DATA the server may
+hold it, so the send fails as temporary and the email claim state machine (worker/mail/sending.py) retries
+it later with the same Message-ID, exactly as without reuse. Nothing is lost, and a message is never
+re-sent by the transport itself once its DATA started.
+
 Example:
     >>> plan_connection("smtp.postmarkapp.com", 587, "auto", has_credentials=True)
     ConnectionPlan(tls='starttls', tls_required=True, loopback=False)
     >>> transport = transport_from_settings(get_settings())
     >>> transport.send(message)
+    >>> with transport.batch():          # one connection for many messages
+    ...     for message in messages:
+    ...         transport.send(message)
 """
 
 from __future__ import annotations
@@ -21,6 +34,8 @@ import ipaddress
 import os
 import smtplib
 import ssl
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -42,10 +57,40 @@ __all__ = [
 
 Security = Literal["auto", "starttls", "tls", "none"]
 IMPLICIT_TLS_PORT = 465  # RFC 8314 "submissions"
+MESSAGES_PER_CONNECTION = 100  # Gmail's relay closes a session near 100 messages; others allow more
 
 
 class MailTransport(Protocol):
     def send(self, message: EmailMessage) -> None: ...
+
+    def batch(self) -> AbstractContextManager[None]: ...
+
+
+class _TracksData:
+    """Notes whether DATA was sent on this connection's current message: the line between "nothing of
+    it reached the server" (safe to send again at once) and "the server may hold it" (leave it to the
+    claim state machine)."""
+
+    data_started = False
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:
+        self.data_started = True
+        return super().data(msg)  # type: ignore[misc]
+
+
+class _SMTP(_TracksData, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_TracksData, smtplib.SMTP_SSL):
+    pass
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """The connection is unusable: closed, reset, timed out, or the server said 421 (closing)."""
+    if isinstance(error, smtplib.SMTPResponseException):
+        return error.smtp_code == 421
+    return isinstance(error, OSError) and not isinstance(error, smtplib.SMTPRecipientsRefused)
 
 
 @dataclass(frozen=True)
@@ -111,6 +156,12 @@ class SmtpTransport:
         self.ca_file = settings.smtp_ca_file
         self.username = settings.smtp_username
         self._password = settings.smtp_password
+        # The connection held open by `batch()` (one per process: the Celery prefork pool runs one task at a
+        # time; a thread pool would need a transport per thread).
+        self._held: _SMTP | _SMTP_SSL | None = None
+        self._held_messages = 0
+        self._batching = False
+        self.connections = 0  # opened so far, for tests and benchmarks
 
     def __repr__(self) -> str:  # never show the password
         return f"SmtpTransport({self.host}:{self.port}, security={self.security})"
@@ -120,12 +171,20 @@ class SmtpTransport:
         password = self._password.get_secret_value() if self._password else ""
         return (self.username, password) if self.username and password else None
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every `send` inside goes over one held connection (reopened when it drops or is full)."""
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            self._release(polite=True)
+
     def send(self, message: EmailMessage) -> None:
         plan = plan_connection(self.host, self.port, self.security, self._credentials is not None)
         try:
-            with self._connect(plan) as smtp:
-                self._login(smtp, plan)
-                smtp.send_message(message)
+            self._send(plan, message)
         except smtplib.SMTPRecipientsRefused as error:
             codes = [code for code, _ in error.recipients.values()]
             raise _classify(min(codes), f"recipient refused: {codes}") from None
@@ -134,11 +193,54 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError) as error:  # ssl.SSLError (a failed verification) is an OSError
             raise TemporaryMailError(f"SMTP connection failed: {error.__class__.__name__}: {error}") from None
 
-    def _connect(self, plan: ConnectionPlan) -> smtplib.SMTP:
+    def _send(self, plan: ConnectionPlan, message: EmailMessage) -> None:
+        while True:
+            reused = self._held is not None
+            smtp = self._held or self._open(plan)
+            smtp.data_started = False
+            try:
+                smtp.send_message(message)
+            except BaseException as error:
+                lost = _connection_lost(error)
+                if lost or not self._batching:
+                    self._release(polite=not lost)
+                if lost and reused and not smtp.data_started:
+                    continue  # a held connection had gone stale before this message's DATA: send on a fresh one
+                raise
+            self._held_messages += 1
+            if not self._batching or self._held_messages >= MESSAGES_PER_CONNECTION:
+                self._release(polite=True)
+            return
+
+    def _open(self, plan: ConnectionPlan) -> _SMTP | _SMTP_SSL:
+        smtp = self._connect(plan)
+        try:
+            self._login(smtp, plan)
+        except BaseException:
+            smtp.close()
+            raise
+        self.connections += 1
+        self._held, self._held_messages = smtp, 0
+        return smtp
+
+    def _release(self, polite: bool) -> None:
+        """Close the held connection: with QUIT when it still works, else just the socket."""
+        smtp, self._held = self._held, None
+        if smtp is None:
+            return
+        try:
+            if polite:
+                smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass  # every message on it already has its answer; a failed goodbye changes none of them
+        finally:
+            smtp.close()
+
+    def _connect(self, plan: ConnectionPlan) -> _SMTP | _SMTP_SSL:
         context = tls_context(self.ca_file) if plan.tls != "none" else None
         if plan.tls == "implicit":
-            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            return _SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        smtp = _SMTP(self.host, self.port, timeout=self.timeout)
         try:
             if plan.tls == "starttls":
                 smtp.ehlo()
@@ -181,6 +283,10 @@ class FolderTransport:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Nothing to hold open: each message is its own file."""
+        return nullcontext()
 
     def send(self, message: EmailMessage) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@
     check: "Please check the highlighted fields.",
     sending: "Sending\u2026",
     failed: "We could not send the form. Please check your connection and try again.",
+    busy: "Many requests right now; trying again in a moment\u2026",
   };
+  var RETRY_AFTER_MAX_S = 10; // a 503's Retry-After is honoured up to this; a person should not wait longer
   var SUCCESS = {
     newsletter: "You have Successfully Subscribed!",
     "info-packet": "Thanks for your interest!",
@@ -296,7 +298,7 @@
             return null;
           })
           .then(function (body) {
-            return { status: response.status, body: body || {} };
+            return { status: response.status, body: body || {}, retryAfter: response.headers.get("Retry-After") };
           });
       })
       .finally(function () {
@@ -323,7 +325,17 @@
     element.focus();
   }
 
-  function send(form, state, retried) {
+  /** Seconds from a Retry-After header (seconds or an HTTP date), 1 to RETRY_AFTER_MAX_S, plus up to 0.5 s
+   *  of jitter so the visitors turned away together do not come back together. */
+  function retryDelayMs(header) {
+    var seconds = Number(header);
+    if (!isFinite(seconds)) seconds = (Date.parse(header) - Date.now()) / 1000;
+    if (!isFinite(seconds)) seconds = 1;
+    seconds = Math.min(RETRY_AFTER_MAX_S, Math.max(1, seconds));
+    return seconds * 1000 + Math.random() * 500;
+  }
+
+  function send(form, state, retried, waited) {
     return currentToken(form)
       .then(function (token) {
         return post(form, state.key, payload(form, token));
@@ -334,7 +346,16 @@
         if (answer.status === 422 && errors && errors["Idempotency-Key"] && !retried) {
           // The key was spent on an earlier, different fill whose answer never arrived: a new fill.
           state.key = newKey();
-          return send(form, state, true);
+          return send(form, state, true, waited);
+        }
+        if (answer.status === 503 && !waited) {
+          // Shed under load (nothing was stored): once more after Retry-After, with the same Idempotency-Key.
+          setStatus(form, TEXT.busy, "sending");
+          return new Promise(function (resolve) {
+            setTimeout(resolve, retryDelayMs(answer.retryAfter));
+          }).then(function () {
+            return send(form, state, retried, true);
+          });
         }
         showErrors(form, errors && typeof errors === "object" ? errors : { form: TEXT.failed });
       });
@@ -353,7 +374,7 @@
     state.key = state.key || newKey(); // kept until success: a retry after a lost answer is the same submission
     setBusy(form, true);
     setStatus(form, TEXT.sending, "sending");
-    send(form, state, false)
+    send(form, state, false, false)
       .catch(function () {
         var element = setStatus(form, TEXT.failed, "error");
         element.focus();

@@ -1,0 +1,175 @@
+"""Overload sheds load: past INTAKE_QUEUE_MAX posts waiting for a group commit, a post is answered 503 with
+Retry-After at once, and nothing of it is stored; the posts already queued are committed and answered 202.
+
+The database is made slow for real: a second connection holds an ACCESS EXCLUSIVE lock on `submissions`,
+so the group-commit writer's transaction waits inside PostgreSQL, exactly as under a slow disk or a long
+migration.
+
+Example:
+    .venv/bin/pytest tests/test_overload.py -q -p no:cacheprovider
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text
+
+from leadsync.config import Settings
+from leadsync.forms.app import OVERLOADED_MESSAGE, create_app
+from leadsync.forms.group_commit import ADMISSION_DEADLINE_SECONDS, ARRIVED, GroupCommit, Overloaded
+from leadsync.forms.submit import store_batch
+from leadsync.storage.models import Submission
+from leadsync.storage.submissions import NewSubmission
+from leadsync.worker.signatures import enqueue_submissions
+from tests.conftest import apply_settings
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` on the running loop (the app's requests go on meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def waiting_on_locks(engine: Engine) -> int:
+    """Backends of this database waiting for a lock (PostgreSQL's own view of who is blocked)."""
+    with engine.connect() as connection:
+        return connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE NOT l.granted AND d.datname = current_database()"
+            )
+        )
+
+
+@pytest.mark.parametrize("backend", ["redis-postgres"])  # the table lock is PostgreSQL's
+def test_a_full_queue_answers_503_with_retry_after_and_stores_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # One submission a commit and three waiting at most: the first post holds the writer, three fill the queue.
+    settings = apply_settings(monkeypatch, {"INTAKE_BATCH_MAX": "1", "INTAKE_QUEUE_MAX": "3"})
+    app = create_app(settings)
+    commits = app.state.group_commit
+    engine = create_engine(settings.database_url)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            with engine.connect() as lock:
+                lock.execute(text("LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE"))
+                post = lambda n: client.post("/forms/newsletter", json={"email": f"q{n}@example.org"})  # noqa: E731
+                queued = [asyncio.create_task(post(0))]
+                # The first post's transaction waits on the lock inside PostgreSQL: the writer is busy.
+                await wait_until(lambda: waiting_on_locks(engine) == 1, "the writer never reached the database")
+                queued += [asyncio.create_task(post(n)) for n in range(1, 4)]
+                await wait_until(lambda: commits.saturated, "the queue never filled")
+
+                started = time.monotonic()
+                # Bounded waits: a post that queued instead of being shed would wait for the lock forever.
+                shed_json = await asyncio.wait_for(
+                    client.post("/forms/newsletter", json={"email": "shed1@example.org"}), timeout=5
+                )
+                shed_html = await asyncio.wait_for(
+                    client.post(
+                        "/forms/info-packet",
+                        data={"email": "shed2@example.org", "first_name": "Shed"},
+                        headers={"Accept": "text/html"},
+                    ),
+                    timeout=5,
+                )
+                quick = time.monotonic() - started
+                # A post already past the middleware when the queue filled is turned away by the queue itself.
+                with pytest.raises(Overloaded):
+                    late = NewSubmission(form="newsletter", email="shed3@example.org", fields={}, raw={})
+                    await asyncio.wait_for(commits.store(late), timeout=5)
+                assert not any(task.done() for task in queued)  # the queued ones still wait for the lock
+                lock.rollback()  # the database is back
+            answers = await asyncio.gather(*queued)
+            after = await client.post("/forms/newsletter", json={"email": "after@example.org"})
+
+        assert quick < 1.0, f"the two 503s took {quick:.2f}s: shedding must not wait for the database"
+        assert shed_json.status_code == 503 and shed_json.headers["retry-after"] == "2"
+        assert shed_json.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
+        assert shed_html.status_code == 503 and shed_html.headers["retry-after"] == "2"
+        assert "text/html" in shed_html.headers["content-type"] and OVERLOADED_MESSAGE in shed_html.text
+        assert [answer.status_code for answer in answers] == [202] * 4
+        assert after.status_code == 202  # once drained, the queue takes posts again
+        assert commits.shed == 3
+
+    asyncio.run(scenario())
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(Submission.email)))
+        total = connection.scalar(select(func.count()).select_from(Submission))
+    engine.dispose()
+    assert stored == {"q0@example.org", "q1@example.org", "q2@example.org", "q3@example.org", "after@example.org"}
+    assert total == 5  # nothing of the three shed posts, not even a spam count row
+
+
+@pytest.mark.parametrize("backend", ["redis-postgres"])
+def test_posts_past_the_in_flight_limit_are_answered_503_at_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # Two posts in progress at most; the queue limit far away, so only the in-flight limit can shed.
+    settings = apply_settings(monkeypatch, {"INTAKE_MAX_IN_FLIGHT": "2", "INTAKE_QUEUE_MAX": "1000"})
+    app = create_app(settings)
+    engine = create_engine(settings.database_url)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            with engine.connect() as lock:
+                lock.execute(text("LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE"))
+                held = [
+                    asyncio.create_task(client.post("/forms/newsletter", json={"email": f"h{n}@example.org"}))
+                    for n in range(2)
+                ]
+                # Both posts are in progress (in the writer's batch or queued behind it) while it waits on the lock.
+                await wait_until(lambda: waiting_on_locks(engine) == 1, "the writer never reached the database")
+                started = time.monotonic()
+                shed = await asyncio.wait_for(
+                    client.post("/forms/newsletter", json={"email": "over@example.org"}), timeout=5
+                )
+                quick = time.monotonic() - started
+                token = await asyncio.wait_for(client.get("/forms/token?form=newsletter"), timeout=5)
+                lock.rollback()
+            answers = await asyncio.gather(*held)
+            after = await client.post("/forms/newsletter", json={"email": "after@example.org"})
+
+        assert quick < 1.0 and shed.status_code == 503 and shed.headers["retry-after"] == "2"
+        assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
+        assert token.status_code == 200  # only form posts are limited; the page's token still loads
+        assert [answer.status_code for answer in answers] == [202, 202] and after.status_code == 202
+
+    asyncio.run(scenario())
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(Submission.email)))
+    engine.dispose()
+    assert stored == {"h0@example.org", "h1@example.org", "after@example.org"}
+
+
+def test_a_post_that_reaches_the_commit_past_its_deadline_is_shed_and_not_stored(settings: Settings) -> None:
+    # What ShedLoad records for a post that waited for the CPU longer than the deadline before its commit.
+    commits = GroupCommit(store_batch, enqueue_submissions)
+    late = NewSubmission(form="newsletter", email="late@example.org", fields={}, raw={})
+    on_time = NewSubmission(form="newsletter", email="on-time@example.org", fields={}, raw={})
+
+    async def post(new: NewSubmission, waited: float) -> object:
+        ARRIVED.set(time.monotonic() - waited)
+        return await commits.store(new)
+
+    async def scenario() -> None:
+        with pytest.raises(Overloaded):
+            await post(late, ADMISSION_DEADLINE_SECONDS + 0.1)
+        assert (await post(on_time, 0.0)).created
+
+    asyncio.run(scenario())
+    engine = create_engine(settings.database_url)
+    with engine.connect() as connection:
+        assert set(connection.scalars(select(Submission.email))) == {"on-time@example.org"}
+    engine.dispose()
