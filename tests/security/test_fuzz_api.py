@@ -23,6 +23,7 @@ from schemathesis.generation import GenerationMode
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
+from leadsync.config import Settings
 from leadsync.forms.app import create_app
 from leadsync.storage.db import session_scope
 from leadsync.storage.migrate import upgrade
@@ -35,7 +36,9 @@ EXAMPLES = {("post", GenerationMode.POSITIVE): 450, ("post", GenerationMode.NEGA
 MINIMUM_CASES = 1000
 
 
-def test_schemathesis_fuzz_finds_no_server_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _in_process_app_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """SQLite + filesystem broker in tmp_path, migrated. Limits off: on, they soon turn later valid cases into
+    spam, a 202 that proves little (the limiter under load is tested in test_bots_real_stack.py)."""
     var = tmp_path / "var"
     configured = apply_settings(
         monkeypatch,
@@ -46,14 +49,16 @@ def test_schemathesis_fuzz_finds_no_server_error(monkeypatch: pytest.MonkeyPatch
             "HUBSPOT_ACCESS_TOKEN": "",
             "SMTP_HOST": "",
             "FORM_TOKEN_SECRET": TEST_SECRET,
-            # Limits off: on, they soon turn later valid cases into spam, a 202 that proves little (the limiter
-            # under load is tested in test_bots_real_stack.py).
             "RATE_LIMIT_PER_IP": "",
             "RATE_LIMIT_PER_EMAIL": "",
         },
     )
     upgrade()
-    app = create_app(configured)
+    return configured
+
+
+def test_schemathesis_fuzz_finds_no_server_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    app = create_app(_in_process_app_settings(monkeypatch, tmp_path))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     counts: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
@@ -125,21 +130,7 @@ valid_leads = st.fixed_dictionaries(
 def test_1000_valid_leads_are_each_answered_202_and_stored_as_real_leads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    var = tmp_path / "var"
-    configured = apply_settings(
-        monkeypatch,
-        {
-            "VAR_DIR": str(var),
-            "DATABASE_URL": f"sqlite:///{var / 'leadsync.db'}",
-            "BROKER_URL": "filesystem://",
-            "HUBSPOT_ACCESS_TOKEN": "",
-            "SMTP_HOST": "",
-            "FORM_TOKEN_SECRET": TEST_SECRET,
-            "RATE_LIMIT_PER_IP": "",
-            "RATE_LIMIT_PER_EMAIL": "",
-        },
-    )
-    upgrade()
+    configured = _in_process_app_settings(monkeypatch, tmp_path)
     answered: list[str] = []
     with TestClient(create_app(configured)) as client:
 
