@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
 from leadsync.storage.models import EmailAttempt, EmailSend, Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink
-from tests.support.stack import LeadsyncStack, services_env, wait_for
+from tests.support.stack import LeadsyncStack, count, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +48,6 @@ def dev_stack(
     yield running
     running.stop()
     print(running.logs())  # captured: shown only when the test failed
-
-
-def count(url: str, statement) -> int:
-    engine = create_engine(url, connect_args={"timeout": 30})
-    try:
-        with Session(engine) as session:
-            return session.scalar(statement) or 0
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)

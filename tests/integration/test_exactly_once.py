@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
 from leadsync.storage.models import Contact, EmailAttempt, EmailSend
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.smtp_faults import AcceptThenStall
-from tests.support.stack import LeadsyncStack, services_env, wait_for
+from tests.support.stack import LeadsyncStack, count, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,15 +60,6 @@ def stack(
     running = LeadsyncStack(env, tmp_path, concurrency=HELD).start()
     yield running
     running.stop()
-
-
-def count(url: str, statement) -> int:
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-    try:
-        with Session(engine) as session:
-            return session.scalar(statement) or 0
-    finally:
-        engine.dispose()
 
 
 def test_sigkill_after_250_before_sent_gives_one_second_copy_with_the_same_message_id(

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from tests.support.services import free_port
 
@@ -35,6 +37,16 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {value!r})")
         time.sleep(interval)
+
+
+def count(url: str, statement: Any) -> int:
+    """One scalar from a fresh engine (the stack's processes hold their own); SQLite waits up to 30 s for a lock."""
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    try:
+        with Session(engine) as session:
+            return session.scalar(statement) or 0
+    finally:
+        engine.dispose()
 
 
 def services_env(smtp: Any, hubspot: Any, token: str = "test-token") -> dict[str, str]:
