@@ -4,8 +4,8 @@ Both run in the same invocation against the HubSpot emulator enforcing HubSpot's
 (100 requests per 10 s, Free/Starter) through the real hubspot-api-client. The batched run is the
 production code path: N pending contacts in a database, `flush_pending` in separate worker processes
 (2 by default, like two `leadsync worker`s) sharing one rate limiter (the embedded default's flock'd
-file, or Redis with --redis). The naive run sends one create per contact, paced by the same kind of
-limiter so it is not simply refused: what differs is batching alone.
+file, or Redis with --redis). The naive run sends one create per contact (and, with notes on, one create
+per note), paced by the same kind of limiter so it is not simply refused: what differs is batching alone.
 
     .venv/bin/python bench/crm_sync.py                       # 10,000 contacts; naive: 300
     .venv/bin/python bench/crm_sync.py --contacts 30000 --redis redis://127.0.0.1:6379/0
@@ -168,15 +168,18 @@ def run_batched(hub: Any, contacts: int, flushers: int, rate_limit: int, redis_u
     )
 
 
-def run_naive(hub: Any, contacts: int, rate_limit: int) -> Result:
-    """One POST per contact (what the issue calls naive), paced by a limiter so it is not refused."""
+def run_naive(hub: Any, contacts: int, rate_limit: int, notes: bool) -> Result:
+    """One POST per contact (what the issue calls naive), and with notes on one POST per note (created with
+    its association, HubSpot's single create), paced by a limiter so it is not refused."""
     from hubspot import HubSpot
     from hubspot.crm.contacts import SimplePublicObjectInputForCreate
     from hubspot.crm.contacts.exceptions import ApiException
+    from hubspot.crm.objects.notes import AssociationSpec, PublicAssociationsForObject, PublicObjectId
+    from hubspot.crm.objects.notes import SimplePublicObjectInputForCreate as NoteInput
 
     from leadsync.worker.crm.ratelimit import identity_for, memory_limiter
 
-    basic_api = HubSpot(access_token=NAIVE_TOKEN, host=hub.url).crm.contacts.basic_api
+    client = HubSpot(access_token=NAIVE_TOKEN, host=hub.url)
     limiter = memory_limiter(rate_limit, identity_for(NAIVE_TOKEN, hub.url))
     hub.set_token(NAIVE_TOKEN)
     calls_before, limited_before = hub.count(), hub.count(status=429)
@@ -185,12 +188,26 @@ def run_naive(hub: Any, contacts: int, rate_limit: int) -> Result:
         limiter.acquire(max_wait=60)
         properties = {"email": f"naive{i}@example.org", "firstname": f"Naive{i}", "lifecyclestage": "lead"}
         try:
-            basic_api.create(SimplePublicObjectInputForCreate(properties=properties), _request_timeout=10)
+            record = client.crm.contacts.basic_api.create(
+                SimplePublicObjectInputForCreate(properties=properties), _request_timeout=10
+            )
+            if notes:
+                limiter.acquire(max_wait=60)
+                note = NoteInput(
+                    properties={"hs_timestamp": str(int(time.time() * 1000)), "hs_note_body": "Info packet"},
+                    associations=[
+                        PublicAssociationsForObject(
+                            to=PublicObjectId(id=record.id),
+                            types=[AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=202)],
+                        )
+                    ],
+                )
+                client.crm.objects.notes.basic_api.create(note, _request_timeout=10)
         except ApiException as error:  # a naive sync drops it; we only count
             if error.status != 429:
                 raise
     return Result(
-        "naive (one call per contact)",
+        "naive (one call per contact" + (" and one per note)" if notes else ")"),
         contacts,
         time.time() - started,
         hub.count() - calls_before,
@@ -242,7 +259,7 @@ def main() -> int:
             ref = body.rsplit("lsref", 1)[-1].split("<", 1)[0]
             per_request[ref] = per_request.get(ref, 0) + 1
         notes_calls = hub.count("/objects/notes/batch/create")
-        naive = run_naive(hub, args.naive, args.rate_limit)
+        naive = run_naive(hub, args.naive, args.rate_limit, args.notes)
     print(f"HubSpot emulator: {args.rate_limit} requests per rolling 10 s; {setup_calls} setup calls not counted")
     print(f"limiter storage: {'Redis ' + args.redis if args.redis else 'file (embedded default)'}")
     print()

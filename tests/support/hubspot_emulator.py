@@ -471,6 +471,35 @@ def standard_properties() -> dict[str, dict[str, Any]]:
             form_field=False,
             description="The date that a contact entered the system",
         ),
+        # Set by HubSpot when a form submission lands (leadsync reads them to learn whether a Forms API post
+        # whose answer it never got was written); read-only through the CRM API, as in HubSpot.
+        _prop(
+            "recent_conversion_date",
+            "Recent Conversion Date",
+            "datetime",
+            "date",
+            read_only_value=True,
+            form_field=False,
+            description="The date this contact last submitted a form",
+        ),
+        _prop(
+            "first_conversion_date",
+            "First Conversion Date",
+            "datetime",
+            "date",
+            read_only_value=True,
+            form_field=False,
+            description="The date this contact first submitted a form",
+        ),
+        _prop(
+            "num_conversion_events",
+            "Number of Form Submissions",
+            "number",
+            "number",
+            read_only_value=True,
+            form_field=False,
+            description="The number of forms this contact has submitted",
+        ),
         _prop(
             "lastmodifieddate",
             "Last Modified Date",

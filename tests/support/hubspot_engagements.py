@@ -3,7 +3,9 @@
 Shapes follow HubSpot's public specs (CRM v3 objects notes/tasks: batch create with associations and
 objectWriteTraceId, 201 or 207 with per-input errors; search with filterGroups; CRM v3 owners; Forms API v3
 `/submissions/v3/integration/secure/submit/{portalId}/{formGuid}` answering 200 `inlineMessage` or 400/404
-with `errors[].errorType`). Mounted by `HubSpotEmulator` (tests/support/hubspot_emulator.py); tests read:
+with `errors[].errorType`; a landed submission finds or creates the contact and sets its conversion properties,
+`recent_conversion_date` from `submittedAt`). Mounted by `HubSpotEmulator` (tests/support/hubspot_emulator.py);
+tests read:
 
     hub.engagements.notes_for("ann@example.org")        # the notes associated with her record
     hub.engagements.count_tokens("notes", "lsref" + submission_id)   # notes created per submission
@@ -78,6 +80,7 @@ class Engagements:
         for object_type in ("notes", "tasks"):
             base = rf"/crm/v3/objects/{object_type}"
             table += [
+                ("POST", rf"{base}/?", lambda req, t=object_type: self._create(t, req)),
                 ("POST", rf"{base}/batch/create", lambda req, t=object_type: self._batch_create(t, req)),
                 ("POST", rf"{base}/search", lambda req, t=object_type: self._search(t, req)),
                 ("GET", rf"{base}/(?P<record_id>\d+)", lambda req, t=object_type: self._get(t, req)),
@@ -114,22 +117,7 @@ class Engagements:
             raise failures[0][1]
         results = []
         for item, associations in good:
-            now = time.time()
-            record_id = str(self._next_id)
-            self._next_id += 1
-            properties = {k: str(v) for k, v in (item.get("properties") or {}).items()}
-            properties.update(hs_object_id=record_id, hs_createdate=_iso(now), hs_lastmodifieddate=_iso(now))
-            record = {
-                "id": record_id,
-                "properties": properties,
-                "associations": associations,
-                "createdAt": _iso(now),
-                "updatedAt": _iso(now),
-                "archived": False,
-                "_indexed_at": now + self.hub.search_lag_seconds,
-            }
-            self.records[object_type][record_id] = record
-            out = self._view(record)
+            out = self._view(self._store(object_type, item, associations))
             if _trace_id(item):
                 out["objectWriteTraceId"] = _trace_id(item)
             results.append(out)
@@ -140,6 +128,31 @@ class Engagements:
         body["numErrors"] = len(failures)
         body["errors"] = [err.batch_item(_trace_id(item)) for item, err in failures]
         return 207, body
+
+    def _create(self, object_type: str, req: _Req) -> tuple[int, Any]:
+        """The single create (`POST /crm/v3/objects/notes`), associations in the body: 201 and the record."""
+        item = req.json_object()
+        return 201, self._view(self._store(object_type, item, self._check(object_type, item)))
+
+    def _store(self, object_type: str, item: dict[str, Any], associations: list[dict[str, Any]]) -> dict[str, Any]:
+        from tests.support.hubspot_emulator import _iso
+
+        now = time.time()
+        record_id = str(self._next_id)
+        self._next_id += 1
+        properties = {k: str(v) for k, v in (item.get("properties") or {}).items()}
+        properties.update(hs_object_id=record_id, hs_createdate=_iso(now), hs_lastmodifieddate=_iso(now))
+        record = {
+            "id": record_id,
+            "properties": properties,
+            "associations": associations,
+            "createdAt": _iso(now),
+            "updatedAt": _iso(now),
+            "archived": False,
+            "_indexed_at": now + self.hub.search_lag_seconds,
+        }
+        self.records[object_type][record_id] = record
+        return record
 
     def _check(self, object_type: str, item: dict[str, Any]) -> list[dict[str, Any]]:
         properties = item.get("properties") or {}
@@ -265,4 +278,33 @@ class Engagements:
         if problems:
             raise self._error(400, "The request is not valid", None, errors=problems)
         self.form_submissions.append((portal, guid, body))
+        self._convert(fields, body.get("submittedAt"))
         return 200, {"inlineMessage": "Thanks for submitting the form."}
+
+    def _convert(self, fields: list[dict[str, Any]], submitted_at: Any) -> None:
+        """What a landed submission does to the contact: found or created by email, with HubSpot's conversion
+        properties (`recent_conversion_date` is the submission's `submittedAt`, else the time it arrived)."""
+        from tests.support.hubspot_emulator import _iso
+
+        email = next((str(f.get("value", "")).strip().lower() for f in fields if f.get("name") == "email"), "")
+        if not email:
+            return
+        try:
+            stamp = _iso(int(submitted_at) / 1000) if submitted_at is not None else _iso(time.time())
+        except (TypeError, ValueError):
+            stamp = _iso(time.time())
+        with self.hub.lock:
+            record = self.hub._lookup("email", email)
+            if record is None:  # HubSpot creates the contact a submission names
+                self.hub.add_contact({"email": email})
+                record = self.hub._lookup("email", email)
+                assert record is not None
+            props = record["properties"]
+            values = {
+                "recent_conversion_date": stamp,
+                "num_conversion_events": str(int(props.get("num_conversion_events") or 0) + 1),
+            }
+            if not props.get("first_conversion_date"):
+                values["first_conversion_date"] = stamp
+            if self.hub._apply(record, values, time.time()):
+                self.hub._reindex(record["id"])

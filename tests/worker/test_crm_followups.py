@@ -6,13 +6,14 @@ contact (type 204) and their due time, and the Forms API payloads (hutk, page, I
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import Submission
+from leadsync.worker.crm import activities, forms_api
 from leadsync.worker.crm.followups import SUBJECT, next_business_day
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.notes import token
@@ -21,12 +22,17 @@ from tests.support.hubspot_emulator import PORTAL_ID, HubSpotEmulator
 from tests.worker import test_crm_notes
 from tests.worker.helpers import process, submit
 from tests.worker.test_crm_notes import activity_rows, packet
-from tests.worker.test_crm_sync import mapping
+from tests.worker.test_crm_sync import crm_for, mapping
 
 TASKS = "/objects/tasks/batch/create"
 HUTK = "6f0b1e0c0f1a4e8f9d2c3b4a5f6e7d8c"
 
 crm = test_crm_notes.crm  # the fixture: a client like the worker's on a bootstrapped portal
+
+
+def submitted_at_ms(submission_id: str) -> int:
+    with session_scope() as session:
+        return forms_api.submitted_at_ms(session.get_one(Submission, submission_id))
 
 
 def flush(crm: HubSpotCrm, settings: Settings) -> FlushReport:
@@ -143,9 +149,7 @@ def test_a_forms_api_outage_is_retried_and_a_refusal_is_recorded(
     assert hubspot.engagements.form_submissions == []
     rows = activity_rows("form")
     assert rows[0].status == "pending" and rows[0].attempted_at is not None
-    # Sent again once SEARCH_SETTLE has passed (forms have no search: the wait only spaces the retry).
-    from leadsync.worker.crm import activities
-
+    # Sent again once SEARCH_SETTLE has passed: a 503 wrote nothing, so the contact shows no conversion.
     activities_settle, activities.SEARCH_SETTLE = activities.SEARCH_SETTLE, activities.timedelta(0)
     try:
         assert flush(crm, forms).activities["form_sent"] == 1
@@ -157,6 +161,28 @@ def test_a_forms_api_outage_is_retried_and_a_refusal_is_recorded(
     packet("bo@example.org", forms)
     assert flush(crm, forms).activities["form_rejected"] == 1
     assert [row.status for row in activity_rows("form")] == ["done", "rejected"]
+
+
+def test_a_forms_post_that_landed_while_the_client_timed_out_is_found_on_the_contact_not_sent_again(
+    forms: Settings, hubspot: HubSpotEmulator, crm: HubSpotCrm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(activities, "SEARCH_SETTLE", timedelta(0))
+    first = packet("ann@example.org", forms, hutk=HUTK)
+    flush(crm, forms)  # contact and note written; the form post too
+    second = packet("ann@example.org", forms, hutk=HUTK)  # she asks again: a second post is due
+    third = packet("bo@example.org", forms)
+    impatient = crm_for(hubspot, forms, timeout=1)
+    hubspot.hold_after_next(1, 3.0, "/submissions/v3/")  # Ann's second post lands, the answer comes too late
+    assert flush(impatient, forms).activities["form_deferred"] == 2  # hers unknown, Bo's never sent
+    assert [b["submittedAt"] for _, _, b in hubspot.engagements.form_submissions] == [
+        str(submitted_at_ms(s)) for s in (first, second)
+    ]
+    report = flush(crm, forms)
+    assert report.activities["form_found"] == 1 and report.activities["form_sent"] == 1  # Bo's, sent now
+    posted = [b["submittedAt"] for _, _, b in hubspot.engagements.form_submissions]
+    assert posted == [str(submitted_at_ms(s)) for s in (first, second, third)]  # each exactly once
+    assert [row.status for row in activity_rows("form")] == ["done", "done", "done"]
+    assert hubspot.contact_by_email("ann@example.org")["properties"]["num_conversion_events"] == "2"
 
 
 def test_without_a_portal_and_form_guid_nothing_goes_to_the_forms_api(

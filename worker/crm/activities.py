@@ -18,7 +18,8 @@ is configured; for a contact's first packet request with HUBSPOT_OWNER_IDS, an o
 So a retried batch, a redelivered task or a killed worker never writes a second note or task. Budget: a
 batch of 100 new packet leads costs one notes call and one tasks call; with owners on, one batch read of
 the records' owners and one owner update (only records without one); Forms API posts are one call each
-(HubSpot has no batch for them), at most FORMS_PER_FLUSH a flush.
+(HubSpot has no batch for them), at most FORMS_PER_FLUSH a flush; a post with an unknown outcome is looked for
+on the contact (its conversion date, one batch read) before it is sent again (worker/crm/forms_api.py).
 
 Example:
     >>> report = flush_activities(session_factory, crm, settings, synced_contact_ids=[17, 18])
@@ -374,11 +375,20 @@ def _forms(session_factory: Callable[[], Session], crm: HubSpotCrm, settings: Se
     """Post up to FORMS_PER_FLUSH due submissions to HubSpot's Forms API, one call each."""
     if not settings.hubspot_portal_id or not settings.hubspot_form_guids:
         return
-    leased = _lease(session_factory, ActivityKind.FORM, FORMS_PER_FLUSH)
+    # Oldest first: `forms_api.landed` reads "a conversion at or after ours" as "ours landed".
+    leased = sorted(_lease(session_factory, ActivityKind.FORM, FORMS_PER_FLUSH), key=lambda i: i.submission.received_at)
     done: dict[int, str | None] = {}
     rejected: dict[int, str] = {}
     try:
+        uncertain = sorted({item.record_id for item in leased if item.uncertain and item.record_id})
+        conversions = crm.read_properties(uncertain, ["recent_conversion_date"]) if uncertain else {}
         for item in leased:
+            if item.uncertain and forms_api.landed(
+                item.submission, conversions.get(item.record_id or "", {}).get("recent_conversion_date")
+            ):
+                done[item.activity_id] = None  # the post whose answer we lost was written: not again
+                report.counts["form_found"] += 1
+                continue
             form = item.submission.form
             if not forms_api.configured(settings, form):
                 rejected[item.activity_id] = f"no HubSpot form GUID for {form} any more"

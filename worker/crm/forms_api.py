@@ -8,8 +8,10 @@ and original source to the contact and the account's form workflows fire. It run
 the contact sync, never in the email path; a failure leaves the row pending for the next flush.
 
 A newsletter sign-up is sent once confirmed (double opt-in): an unconfirmed address must not start HubSpot's
-marketing workflows. HubSpot's Forms API has no idempotency key and no search: a worker killed while the
-POST is out may send it a second time after the lease (a second timeline entry, no second contact).
+marketing workflows. HubSpot's Forms API has no idempotency key and no search, so a post whose answer never
+came (a worker killed mid-call, a timeout) is checked on the contact before it is sent again: a landed
+submission sets the record's `recent_conversion_date` to our `submittedAt` (`landed`). A second post would
+be a second timeline entry and a second run of the form's workflows (a second email from HubSpot).
 
 Example:
     >>> payload = form_payload(submission, contact_email, settings)
@@ -20,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -39,6 +42,25 @@ def submit_url(settings: Settings, form: str) -> str:
     portal = quote(str(settings.hubspot_portal_id), safe="")
     guid = quote(settings.hubspot_form_guids[form], safe="")
     return f"{settings.hubspot_forms_base_url.rstrip('/')}/submissions/v3/integration/secure/submit/{portal}/{guid}"
+
+
+def submitted_at_ms(submission: Submission) -> int:
+    """When the visitor submitted, in HubSpot's milliseconds: the post's `submittedAt`."""
+    return int(submission.received_at.timestamp() * 1000)
+
+
+def landed(submission: Submission, recent_conversion_date: str | None) -> bool:
+    """Whether the record's newest form conversion (an ISO time from HubSpot) says this submission's post
+    landed. Posts go out oldest first and stop at the first failure, so a conversion at or after our
+    `submittedAt` means this one was written; a visitor's own HubSpot form in between could only make us
+    skip a post, never send one twice."""
+    if not recent_conversion_date:
+        return False
+    try:
+        at = datetime.fromisoformat(recent_conversion_date)
+    except ValueError:
+        return False
+    return int(at.timestamp() * 1000) >= submitted_at_ms(submission)
 
 
 def form_payload(submission: Submission, email: str, settings: Settings) -> dict[str, Any]:
@@ -66,7 +88,7 @@ def form_payload(submission: Submission, email: str, settings: Settings) -> dict
             {"value": True, "subscriptionTypeId": int(settings.hubspot_subscription_id), "text": settings.consent_text}
         ]
     return {
-        "submittedAt": str(int(submission.received_at.timestamp() * 1000)),
+        "submittedAt": str(submitted_at_ms(submission)),
         "fields": values,
         "context": context,
         "legalConsentOptions": {"consent": legal},

@@ -375,17 +375,22 @@ class HubSpotCrm:
 
     def owners_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
         """The `hubspot_owner_id` of contact records (one batch read a 100); records gone are left out."""
-        owners: dict[str, str | None] = {}
+        read = self.read_properties(record_ids, ["hubspot_owner_id"])
+        return {record_id: values.get("hubspot_owner_id") or None for record_id, values in read.items()}
+
+    def read_properties(self, record_ids: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Some properties of contact records, by record id (one batch read a 100); records gone are left out."""
+        found: dict[str, dict[str, str]] = {}
         for start in range(0, len(record_ids), MAX_BATCH):
             request = BatchReadInputSimplePublicObjectId(
-                properties=["hubspot_owner_id"],
+                properties=list(names),
                 inputs=[SimplePublicObjectId(id=record_id) for record_id in record_ids[start : start + MAX_BATCH]],
                 properties_with_history=[],
             )
             response = self._call(self._batch.read_with_http_info, request)
             for record in response.results or []:
-                owners[str(record.id)] = (record.properties or {}).get("hubspot_owner_id") or None
-        return owners
+                found[str(record.id)] = {k: v for k, v in (record.properties or {}).items() if v is not None}
+        return found
 
     def gdpr_delete(self, email: str) -> None:
         """Erase a person from HubSpot for good (GDPR delete by email); HubSpot also blocks the address.
