@@ -169,7 +169,8 @@ def discover(session_factory: Callable[[], Session], settings: Settings, contact
             row.update(status=ActivityStatus.PENDING, attempts=0, created_at=now)
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(insert(CrmActivity).values(new).on_conflict_do_nothing())
+        # executemany of one cached statement: a 100-row VALUES list is compiled anew each time (~25 ms).
+        session.execute(insert(CrmActivity).on_conflict_do_nothing(), new)
         return len(new)
 
 
