@@ -576,7 +576,7 @@ def status(as_json: bool) -> None:
 
     report = collect(get_settings())
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         render(report)
-    sys.exit(0 if report["verdict"] == "healthy" else 1)
+    sys.exit(0 if report.healthy else 1)

@@ -293,7 +293,7 @@ def test_refused_token_stops_syncing_keeps_everything_pending_and_alerts(
     assert auth["ok"] is False and auth["token"] == crm.fingerprint
     from leadsync.status import collect
 
-    assert any("refuses the token" in reason for reason in collect(settings)["reasons"])
+    assert any("refuses the token" in reason for reason in collect(settings).reasons)
     # No retry storm: the next flushes hold without calling HubSpot.
     for _ in range(3):
         held = flush(crm, settings)
@@ -451,7 +451,7 @@ def test_the_daily_limit_pauses_sync_and_shows_in_status(settings: Settings, hub
     assert hubspot.count("batch/upsert") == 1
     from leadsync.status import collect
 
-    report_status = collect(settings)
+    report_status = collect(settings).to_dict()
     assert report_status["hubspot"]["daily_remaining"] == 0
     assert report_status["hubspot"]["last_429_policy"] == "DAILY"
 
