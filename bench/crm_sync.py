@@ -120,8 +120,8 @@ def _flusher(go: Any, out: Any) -> None:
     """One worker process: flush until nothing is pending, as `leadsync.flush_crm` chains do."""
     from leadsync.config import get_settings
     from leadsync.storage.db import get_sessionmaker
+    from leadsync.worker.crm.clients import crm_client, crm_mapping
     from leadsync.worker.crm.sync import flush_pending
-    from leadsync.worker.tasks import crm_client, crm_mapping
 
     settings, crm, mapping = get_settings(), crm_client(), crm_mapping()
     sessions = get_sessionmaker()
@@ -133,7 +133,8 @@ def _flusher(go: Any, out: Any) -> None:
         quiet = quiet + 1 if not busy else 0
         if not busy:
             time.sleep(0.05)
-    out.put((time.time(), crm.stats.calls, crm.stats.rate_limited))
+    seen = crm.budget()
+    out.put((time.time(), seen.calls, seen.rate_limited))
 
 
 def run_batched(hub: Any, contacts: int, flushers: int, rate_limit: int, redis_url: str | None, notes: bool) -> Result:

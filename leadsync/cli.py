@@ -275,8 +275,8 @@ def hubspot() -> None:
 @hubspot.command("bootstrap")
 def hubspot_bootstrap() -> None:
     """Create the property group and custom properties from the mapping (idempotent)."""
-    from leadsync.worker.crm.hubspot import CrmError
-    from leadsync.worker.tasks import crm_client, crm_mapping
+    from leadsync.worker.crm.clients import crm_client, crm_mapping
+    from leadsync.worker.crm.port import CrmError
 
     crm = crm_client()
     if crm is None:
@@ -292,9 +292,9 @@ def hubspot_bootstrap() -> None:
 def hubspot_check() -> None:
     """One call to HubSpot with the token; on success lift a stop (refused token) or an outage pause."""
     from leadsync.storage.db import get_sessionmaker
-    from leadsync.worker.crm.hubspot import CrmError
-    from leadsync.worker.crm.sync import resume
-    from leadsync.worker.tasks import crm_client
+    from leadsync.worker.crm.clients import crm_client
+    from leadsync.worker.crm.port import CrmError
+    from leadsync.worker.crm.service_state import resume
 
     crm = crm_client()
     if crm is None:
@@ -304,8 +304,8 @@ def hubspot_check() -> None:
     except CrmError as error:
         raise click.ClickException(f"HubSpot refused: {error}") from error
     resume(get_sessionmaker())
-    stats = crm.stats
-    budget = f"{stats.daily_remaining:,} of {stats.daily_limit:,} left today" if stats.daily_limit else "not reported"
+    seen = crm.budget()
+    budget = f"{seen.daily_remaining:,} of {seen.daily_limit:,} left today" if seen.daily_limit else "not reported"
     click.echo(f"token ok; CRM sync resumed; daily budget {budget}")
 
 
@@ -529,9 +529,9 @@ def forget(email: str, yes: bool) -> None:
     only a keyed hash. With HubSpot away, its delete waits as a job the worker retries (`leadsync status`)."""
     from leadsync.storage.db import get_sessionmaker, session_scope
     from leadsync.worker import erasure
+    from leadsync.worker.crm.clients import crm_client
     from leadsync.worker.privacy import erase_outbox, suppression_keys
     from leadsync.worker.privacy import forget as forget_person
-    from leadsync.worker.tasks import crm_client
 
     settings, address = get_settings(), _normalized(email)
     if not yes:

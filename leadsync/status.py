@@ -29,7 +29,6 @@ from leadsync.storage.models import (
     DeadLetter,
     DeadLetterStatus,
     EmailSend,
-    ServiceState,
     SpamCount,
     Submission,
     SubmissionStatus,
@@ -37,7 +36,7 @@ from leadsync.storage.models import (
 )
 from leadsync.worker import erasure
 from leadsync.worker.crm.activities import activity_counts
-from leadsync.worker.crm.sync import AUTH_STATE, hubspot_status
+from leadsync.worker.crm.service_state import hubspot_status, token_status
 from leadsync.worker.signatures import broker_ping, queue_depths
 
 STALE_PENDING = timedelta(minutes=5)
@@ -166,7 +165,7 @@ def _stored_counts(settings: Settings, reasons: list[str], notes: list[str]) -> 
                 .group_by(DeadLetter.kind)
             ).all()
         }
-        auth = session.get(ServiceState, AUTH_STATE)
+        auth_ok, auth_refusal = token_status(session)
         erasures = erasure.pending(session, now)
         hubspot, hubspot_reasons, hubspot_notes = hubspot_status(session, now)
         timeline: dict[str, dict[str, int]] = {}
@@ -192,9 +191,9 @@ def _stored_counts(settings: Settings, reasons: list[str], notes: list[str]) -> 
     notes += hubspot_notes
     if oldest and now - oldest > STALE_PENDING:
         reasons.append(f"oldest pending submission waits {stored.outbox_oldest_pending_seconds:.0f}s")
-    if auth is not None and not auth.value.get("ok"):
-        reasons.append(f"HubSpot refuses the token: {auth.value.get('detail')}")
-    stored.hubspot["auth_ok"] = auth is None or bool(auth.value.get("ok"))
+    if not auth_ok:
+        reasons.append(f"HubSpot refuses the token: {auth_refusal}")
+    stored.hubspot["auth_ok"] = auth_ok
     owed = stored.erasures
     if owed["pending"] and owed["most_attempts"]:  # tried and failed: a person is still in HubSpot
         reasons.append(f"{owed['pending']} HubSpot erasure(s) not done, retried until they are: {owed['last_error']}")

@@ -34,7 +34,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from leadsync.storage.models import Erasure, utcnow
-from leadsync.worker.crm.hubspot import CrmError, CrmRejected, HubSpotCrm
+from leadsync.worker.crm.port import Crm, CrmError, CrmRejected
 from leadsync.worker.privacy import email_key
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _lease(session_factory: Callable[[], Session], now: datetime, job_id: int | 
         return leased
 
 
-def _delete_in_hubspot(crm: HubSpotCrm, job: _Leased) -> None:
+def _delete_in_hubspot(crm: Crm, job: _Leased) -> None:
     for record_id in job.ids:
         try:
             crm.gdpr_delete_record(record_id)
@@ -139,7 +139,7 @@ def _settle(session_factory: Callable[[], Session], job: _Leased, error: CrmErro
 
 def run(
     session_factory: Callable[[], Session],
-    crm: HubSpotCrm | None,
+    crm: Crm | None,
     job_id: int | None = None,
     now: datetime | None = None,
 ) -> list[Outcome]:

@@ -22,9 +22,7 @@ from leadsync.storage.db import get_engine, get_sessionmaker, session_scope
 from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus, utcnow
 from leadsync.worker import dead_letters, erasure, signatures
 from leadsync.worker.celery_app import app
-from leadsync.worker.crm.hubspot import HubSpotCrm
-from leadsync.worker.crm.mapping import Mapping, load_mapping
-from leadsync.worker.crm.ratelimit import limiter_from_settings
+from leadsync.worker.crm.clients import crm_client, crm_mapping
 from leadsync.worker.crm.sync import flush_pending
 from leadsync.worker.intake import IntakeResult
 from leadsync.worker.intake import process_submission as process_submission_rule
@@ -58,24 +56,6 @@ def _give_up(kind: str, ref: str, task: str, error: Exception, attempts: int) ->
                 .values(status=EmailStatus.FAILED, last_error=repr(error))
             )
         dead_letters.record(session, kind, ref, task, f"{error.__class__.__name__}: {error}", attempts)
-
-
-@lru_cache(maxsize=1)
-def crm_client() -> HubSpotCrm | None:
-    """One HubSpot client per worker process; None while no token is set."""
-    settings = get_settings()
-    if not settings.hubspot_enabled:
-        return None
-    assert settings.hubspot_access_token is not None
-    token = settings.hubspot_access_token.get_secret_value()
-    # Every process takes its slots from one shared window (Redis, or a file on the embedded default).
-    limiter = limiter_from_settings(settings, token)
-    return HubSpotCrm(token, settings.hubspot_base_url, settings.hubspot_timeout, limiter=limiter)
-
-
-@lru_cache(maxsize=1)
-def crm_mapping() -> Mapping:
-    return load_mapping(get_settings().hubspot_mapping_path)
 
 
 @lru_cache(maxsize=1)

@@ -49,7 +49,7 @@ from leadsync.storage.models import (
     utcnow,
 )
 from leadsync.worker.crm import followups, forms_api, notes
-from leadsync.worker.crm.hubspot import ActivityInput, CrmError, HubSpotCrm, WriteInput
+from leadsync.worker.crm.port import ActivityInput, Crm, CrmError, WriteInput
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class _Leased:
 
 def flush_activities(
     session_factory: Callable[[], Session],
-    crm: HubSpotCrm,
+    crm: Crm,
     settings: Settings,
     synced_contact_ids: Sequence[int] = (),
 ) -> ActivityReport:
@@ -275,7 +275,7 @@ def _settle(
 # ---------------------------------------------------------------------- notes and tasks
 
 
-def _timeline(session_factory: Callable[[], Session], crm: HubSpotCrm, report: ActivityReport, kind: str) -> None:
+def _timeline(session_factory: Callable[[], Session], crm: Crm, report: ActivityReport, kind: str) -> None:
     """One batch of notes or tasks: search for the uncertain ones, create the rest in one call."""
     leased = _lease(session_factory, kind, 100)
     if not leased:
@@ -322,7 +322,7 @@ def _activity_input(kind: str, item: _Leased) -> ActivityInput:
 # ---------------------------------------------------------------------- owners
 
 
-def _owners(session_factory: Callable[[], Session], crm: HubSpotCrm, report: ActivityReport) -> None:
+def _owners(session_factory: Callable[[], Session], crm: Crm, report: ActivityReport) -> None:
     """Write the round-robin owner to records that have none; a record with an owner keeps it, and the
     contact's task goes to that owner instead. One batch read and (when some have none) one update."""
     leased = _lease(session_factory, OWNER, 100)
@@ -370,7 +370,7 @@ def _adopt(session_factory: Callable[[], Session], owners: dict[str, str]) -> No
 # ---------------------------------------------------------------------- Forms API
 
 
-def _forms(session_factory: Callable[[], Session], crm: HubSpotCrm, settings: Settings, report: ActivityReport) -> None:
+def _forms(session_factory: Callable[[], Session], crm: Crm, settings: Settings, report: ActivityReport) -> None:
     """Post up to FORMS_PER_FLUSH due submissions to HubSpot's Forms API, one call each."""
     if not settings.hubspot_portal_id or not settings.hubspot_form_guids:
         return

@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +48,19 @@ from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCre
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
 from leadsync.worker.crm.mapping import Mapping
+from leadsync.worker.crm.port import (
+    MAX_BATCH,
+    ActivityInput,
+    Budget,
+    CrmAuthError,
+    CrmError,
+    CrmRateLimited,
+    CrmRejected,
+    CrmTemporaryError,
+    InputError,
+    WriteInput,
+    WriteOutcome,
+)
 from leadsync.worker.crm.ratelimit import LIMITER_ERRORS, RateLimitBusy, RateLimiter, identity_for, memory_limiter
 
 log = logging.getLogger(__name__)
@@ -60,83 +73,7 @@ API_ERRORS = (
     TasksApiException,
 )
 TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
-MAX_BATCH = 100  # HubSpot's limit on inputs per batch call
 CATEGORY = "HUBSPOT_DEFINED"  # the association types of notes and tasks to contacts (202, 204)
-
-
-class CrmError(Exception):
-    """Base of the failure classes below; `status` is HubSpot's HTTP status when there was one."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class CrmTemporaryError(CrmError):
-    """5xx, timeouts, connection errors (or the limiter's storage away): back off and try again."""
-
-
-class CrmRateLimited(CrmError):
-    """429, or no rate-limit slot soon enough: wait `retry_after` seconds. `policy` is HubSpot's policyName."""
-
-    def __init__(self, message: str, retry_after: float, policy: str | None = None) -> None:
-        super().__init__(message, 429)
-        self.retry_after = retry_after
-        self.policy = policy
-
-
-class CrmAuthError(CrmError):
-    """401/403: the token is wrong or lacks scopes. Retrying cannot help until a human acts."""
-
-
-class CrmRejected(CrmError):
-    """A 4xx for the whole batch; `errors` carries HubSpot's per-error details."""
-
-    def __init__(self, message: str, errors: list[dict[str, Any]], status: int = 400) -> None:
-        super().__init__(message, status)
-        self.errors = errors
-
-    @property
-    def code(self) -> str:
-        first = self.errors[0] if self.errors else {}
-        return str(first.get("code") or first.get("category") or "VALIDATION_ERROR")
-
-
-@dataclass(frozen=True)
-class WriteInput:
-    """One contact write: `key` is the email (upsert) or the HubSpot record id (update)."""
-
-    key: str
-    properties: dict[str, str]
-    trace_id: str  # our contact id: HubSpot echoes it on results and per-input errors
-
-
-@dataclass(frozen=True)
-class ActivityInput:
-    """One note or task to create on a contact's timeline (worker/crm/activities.py)."""
-
-    properties: dict[str, str]
-    contact_record_id: str  # the HubSpot contact it is associated with
-    association_type: int  # HUBSPOT_DEFINED: 202 note_to_contact, 204 task_to_contact
-    trace_id: str  # our activity row id: HubSpot echoes it on per-input errors (a 207)
-
-
-@dataclass(frozen=True)
-class InputError:
-    code: str  # HubSpot's error code, e.g. INVALID_EMAIL, PROPERTY_DOESNT_EXIST, OBJECT_NOT_FOUND
-    message: str
-
-
-@dataclass
-class WriteOutcome:
-    ids: dict[str, str] = field(default_factory=dict)  # trace id -> HubSpot record id
-    errors: dict[str, InputError] = field(default_factory=dict)  # trace id -> why HubSpot refused it
-
-    def merge(self, other: WriteOutcome) -> None:
-        self.ids.update(other.ids)
-        self.errors.update(other.errors)
-        for trace_id in other.ids:
-            self.errors.pop(trace_id, None)
 
 
 @dataclass(frozen=True)
@@ -246,12 +183,20 @@ class HubSpotCrm:
     def __repr__(self) -> str:  # never show the token
         return f"HubSpotCrm(timeout={self.timeout}, limiter={self.limiter!r})"
 
-    def take_stats(self) -> tuple[dict[str, Any], int]:
-        """The stats, and the 429s seen since the last call (the sync adds them to the shared count)."""
+    def budget(self) -> Budget:
+        """What this process saw of HubSpot so far, and the limiter's rate."""
+        with self._stats_lock:
+            return self._budget()
+
+    def take_budget(self) -> tuple[Budget, int]:
+        """The budget, and the 429s seen since the last take (the sync adds them to the shared count)."""
         with self._stats_lock:
             new = self.stats.rate_limited - self.stats._reported_429
             self.stats._reported_429 = self.stats.rate_limited
-            return self.stats.snapshot(), new
+            return self._budget(), new
+
+    def _budget(self) -> Budget:
+        return Budget(rate_limit=self.limiter.limit, **self.stats.snapshot())
 
     # ------------------------------------------------------------------ one path for every call
 
