@@ -6,7 +6,7 @@ database and the broker already know. The web process computes it at scrape time
 restarts, and is counted once. Scrape one web instance for it. The worker's event counters are in
 leadsync/metrics.py; `web_registry` adds them when this host's workers share PROMETHEUS_MULTIPROC_DIR.
 
-The web's `/metrics` is an operations endpoint like any other (forms/security.py `require_ops_token`): 403
+The web's `/metrics` is an operations endpoint like any other (leadsync/ops_auth.py, the one OPS_TOKEN policy): 403
 while OPS_TOKEN is unset, 401 without `Authorization: Bearer <OPS_TOKEN>`. It fails closed.
 
 Example:

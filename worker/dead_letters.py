@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from leadsync.storage.contacts import sync_pending_values
 from leadsync.storage.models import (
     Contact,
     CrmStatus,
@@ -93,12 +94,7 @@ def retry(session_factory: Callable[[], Session], ids: Iterable[int]) -> Requeue
                 session.execute(
                     update(Contact)
                     .where(Contact.id == int(letter.ref), Contact.crm_status == CrmStatus.REJECTED)
-                    .values(
-                        crm_status=CrmStatus.PENDING,
-                        crm_version=Contact.crm_version + 1,
-                        crm_changed_at=now,
-                        crm_claimed_until=None,
-                    )
+                    .values(**sync_pending_values(now), crm_claimed_until=None)
                 )
                 out.crm = True
     return out

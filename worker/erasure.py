@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from leadsync import backoff
 from leadsync.config import Settings
 from leadsync.storage.models import Erasure, utcnow
 from leadsync.worker.crm.port import Crm, CrmError, CrmRejected
@@ -132,7 +133,7 @@ def _settle(session_factory: Callable[[], Session], job: _Leased, error: CrmErro
         row = session.get(Erasure, job.id)
         if row is not None:
             row.attempts = job.attempts + 1
-            wait = min(RETRY_CAP, RETRY_BASE * 2**job.attempts)
+            wait = backoff.ceiling(job.attempts + 1, RETRY_BASE, RETRY_CAP)
             row.next_attempt_at = now + timedelta(seconds=wait)
             row.last_error = str(error)[:2000]
         return Outcome(False, str(error))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from leadsync.kinds import FormKind
+
 # Contact fields a submission can set, in the order sales read them.
 CONTACT_FIELDS = (
     "first_name",
@@ -43,7 +45,7 @@ STAGES = (
     "evangelist",
 )
 
-FORM_STAGE = {"newsletter": "subscriber", "info_packet": "lead"}
+FORM_STAGE = {FormKind.NEWSLETTER: "subscriber", FormKind.INFO_PACKET: "lead"}
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,10 @@ def submission_values(form: str, fields: Mapping[str, Any], page_url: str | None
     values = {name: fields.get(name) for name in CONTACT_FIELDS}
     values["page_url"] = page_url
     values.update({name: utm.get(name) for name in CONTACT_FIELDS if name.startswith("utm_")})
-    if form != "info_packet":
+    if form != FormKind.INFO_PACKET:
         values["message"] = None
     return values
 
 
 def subscribes(form: str, fields: Mapping[str, Any]) -> bool:
-    return form == "newsletter" or bool(fields.get("newsletter_opt_in"))
+    return form == FormKind.NEWSLETTER or bool(fields.get("newsletter_opt_in"))

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from leadsync import ops_auth
 from leadsync.config import get_settings
 
 
@@ -35,10 +36,7 @@ def changes_state(command: Callable[..., None]) -> Callable[..., None]:
     @click.option("--ops-token", envvar="LEADSYNC_OPS_TOKEN", default=None, help="OPS_TOKEN, when one is set")
     @functools.wraps(command)
     def guarded(*args: Any, ops_token: str | None, **kwargs: Any) -> None:
-        from leadsync.forms.security import ops_token_matches
-
-        settings = get_settings()
-        if settings.ops_token and settings.ops_token.get_secret_value() and not ops_token_matches(ops_token, settings):
+        if not ops_auth.cli_allows(get_settings(), ops_token):
             raise click.UsageError("this command changes state: pass --ops-token (or LEADSYNC_OPS_TOKEN) = OPS_TOKEN")
         command(*args, **kwargs)
 

@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.kinds import FormKind
 from leadsync.storage.models import (
     ActivityKind,
     ActivityStatus,
@@ -57,8 +58,7 @@ LEASE = timedelta(minutes=3)  # longer than one batch call with its 429 waits
 SEARCH_SETTLE = timedelta(seconds=30)  # HubSpot's search index trails writes by "a few seconds"
 FORMS_PER_FLUSH = 20  # one call each: a backlog must not eat the 100 / 10 s budget of the contact sync
 OWNER = "owner"  # a row kind of its own: the round-robin owner written to the record (once)
-PACKET = "info_packet"
-NEWSLETTER = "newsletter"
+PACKET, NEWSLETTER = FormKind.INFO_PACKET, FormKind.NEWSLETTER  # the forms whose submissions get a note
 ERROR_MAX = 2000
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from hubspot.crm.objects.tasks.exceptions import ApiException as TasksApiExcepti
 from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
+from leadsync import backoff
 from leadsync.worker.crm.mapping import Mapping
 from leadsync.worker.crm.port import (
     MAX_BATCH,
@@ -88,8 +88,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with equal jitter: half fixed, half random, so retries spread out."""
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return backoff.jittered(attempt, self.base, self.cap)
 
 
 @dataclass

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from leadsync.kinds import NewsletterStatus
 from leadsync.worker.crm.port import Crm, CrmRejected, InputError
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBED, UNSUBSCRIBED = "subscribed", "unsubscribed"
+SUBSCRIBED, UNSUBSCRIBED = NewsletterStatus.SUBSCRIBED, NewsletterStatus.UNSUBSCRIBED
 LEGAL_BASIS = "CONSENT_WITH_NOTICE"  # the person asked for it and confirmed it (or withdrew it)
 
 

@@ -16,12 +16,12 @@ Example:
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from leadsync import backoff
 from leadsync.storage.models import ServiceState
 from leadsync.worker.crm.port import (
     Crm,
@@ -91,8 +91,7 @@ def after_flush(session_factory: Callable[[], Session], crm: Crm, failure: CrmEr
                 _put(session, pause, PAUSE_STATE, until=None, failures=0, detail=None)
         elif isinstance(failure, CrmTemporaryError):
             failures = int((pause.value if pause is not None else {}).get("failures") or 0) + 1
-            ceiling = min(PAUSE_CAP, PAUSE_BASE * 2 ** (failures - 1))
-            wait = ceiling / 2 + random.uniform(0, ceiling / 2)
+            wait = backoff.jittered(failures, PAUSE_BASE, PAUSE_CAP)
             log.warning("HubSpot unavailable (%s); all flushers pause %.0fs (failure %d)", failure, wait, failures)
             _put(
                 session,
