@@ -34,7 +34,7 @@ from leadsync.forms.security import SecurityHeadersMiddleware, UnwrapMappedClien
 from leadsync.forms.spam import SpamGuard
 from leadsync.forms.submit import store_batch, submit
 from leadsync.forms.tokens import token_endpoint
-from leadsync.worker.signatures import enqueue_submissions
+from leadsync.worker.enqueue import enqueue_submissions
 
 # The embeddable snippet's contract version: sites link /static/v1/leadsync-forms.js; compatible fixes ship
 # under v1, a change to the markup it expects gets v2 while v1 stays served.

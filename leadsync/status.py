@@ -37,7 +37,7 @@ from leadsync.storage.models import (
 from leadsync.worker import erasure
 from leadsync.worker.crm.activities import activity_counts
 from leadsync.worker.crm.service_state import hubspot_status, token_status
-from leadsync.worker.signatures import broker_ping, queue_depths
+from leadsync.worker.enqueue import broker_ping, queue_depths
 
 STALE_PENDING = timedelta(minutes=5)
 

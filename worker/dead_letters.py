@@ -103,14 +103,14 @@ def retry(session_factory: Callable[[], Session], ids: Iterable[int]) -> Requeue
 def retry_and_publish(session_factory: Callable[[], Session], ids: Iterable[int]) -> Requeue:
     """`retry`, then publish the work again at once (`leadsync failed retry`); a publish that fails is the
     sweeper's to redo, as the rows say pending."""
-    from leadsync.worker import signatures  # the broker, only for callers that publish
+    from leadsync.worker import enqueue  # the broker, only for callers that publish
 
     requeue = retry(session_factory, ids)
     for submission_id in requeue.submissions:
-        signatures.enqueue_submission(submission_id)
-    signatures.enqueue_emails(requeue.emails)
+        enqueue.enqueue_submission(submission_id)
+    enqueue.enqueue_emails(requeue.emails)
     if requeue.crm:
-        signatures.enqueue_crm_flush()
+        enqueue.enqueue_crm_flush()
     return requeue
 
 

@@ -32,14 +32,8 @@ from leadsync.storage.models import (
     new_id,
     utcnow,
 )
-from leadsync.worker.merge import (
-    FORM_STAGE,
-    later_stage,
-    merge_fields,
-    packet_due,
-    submission_values,
-    subscribes,
-)
+from leadsync.worker.email_decisions import packet_due, subscribes
+from leadsync.worker.merge import FORM_STAGE, later_stage, merge_fields, submission_values
 from leadsync.worker.privacy import suppressed_since, suppression_keys
 
 

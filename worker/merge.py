@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from leadsync.kinds import FormKind
@@ -80,11 +80,6 @@ def later_stage(current: str | None, incoming: str) -> str:
     return incoming if rank.get(incoming, -1) > rank.get(current, -1) else current
 
 
-def packet_due(last_sent_at: datetime | None, now: datetime, window: timedelta) -> bool:
-    """One email of a kind per person per window: due when none was sent (or queued) within it."""
-    return last_sent_at is None or now - last_sent_at >= window
-
-
 def submission_values(form: str, fields: Mapping[str, Any], page_url: str | None, utm: Mapping[str, Any]) -> dict:
     """The contact fields a submission carries."""
     values = {name: fields.get(name) for name in CONTACT_FIELDS}
@@ -93,7 +88,3 @@ def submission_values(form: str, fields: Mapping[str, Any], page_url: str | None
     if form != FormKind.INFO_PACKET:
         values["message"] = None
     return values
-
-
-def subscribes(form: str, fields: Mapping[str, Any]) -> bool:
-    return form == FormKind.NEWSLETTER or bool(fields.get("newsletter_opt_in"))

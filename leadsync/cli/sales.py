@@ -24,7 +24,7 @@ def contacts() -> None:
 @click.option("--sync", type=click.Choice(["pending", "synced", "rejected"]), help="only this sync state")
 def contacts_list(limit: int, sync: str | None) -> None:
     """Name, email, what was requested and when, packet, newsletter, sync state, HubSpot record link."""
-    from leadsync.contacts import render_table, sales_rows
+    from leadsync.sales_view import render_table, sales_rows
     from leadsync.storage.db import session_scope
 
     with session_scope() as session:
@@ -41,7 +41,7 @@ def contacts_export(as_csv: bool, output: click.utils.LazyFile, sync: str | None
 
     A progress bar shows on the terminal (stderr) when it is one.
     """
-    from leadsync.contacts import all_sales_rows, export_bounds, write_csv
+    from leadsync.sales_view import all_sales_rows, export_bounds, write_csv
     from leadsync.storage.db import session_scope
 
     if not as_csv:
@@ -84,13 +84,13 @@ def packet_resend(email: str, reason: str) -> None:
     """Send the packet again, past its resend window but never past the daily cap per mailbox."""
     from leadsync.resend import resend_packet
     from leadsync.storage.db import session_scope
-    from leadsync.worker import signatures
+    from leadsync.worker import enqueue
 
     with session_scope() as session:
         outcome = resend_packet(session, normalized(email), reason, get_settings())
     if outcome.send_id is None:
         raise click.ClickException(f"not sent: {outcome.refused}")
-    queued = signatures.enqueue_email(outcome.send_id)
+    queued = enqueue.enqueue_email(outcome.send_id)
     click.echo(f"packet queued for {email} (send {outcome.send_id}){'' if queued else '; the sweeper will send it'}")
 
 
