@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support.hubspot_emulator
 
 MEASURED_TOKEN, NAIVE_TOKEN, SETUP_TOKEN = "bench-app", "naive-app", "setup-app"
 
