@@ -7,9 +7,9 @@ production code path: N pending contacts in a database, `flush_pending` in separ
 file, or Redis with --redis). The naive run sends one create per contact, paced by the same kind of
 limiter so it is not simply refused: what differs is batching alone.
 
-    .venv/bin/python bench/crm_sync.py                       # 10,000 contacts; naive: 300
-    .venv/bin/python bench/crm_sync.py --contacts 30000 --redis redis://127.0.0.1:6379/0
-    .venv/bin/python bench/crm_sync.py --rate-limit 190      # Professional / Enterprise
+    .venv/bin/python -m bench.crm_sync                       # 10,000 contacts; naive: 300
+    .venv/bin/python -m bench.crm_sync --contacts 30000 --redis redis://127.0.0.1:6379/0
+    .venv/bin/python -m bench.crm_sync --rate-limit 190      # Professional / Enterprise
 
 Notes are on (issue 15): every contact comes with its info-packet request, so each batch of 100 costs one
 upsert and one notes call, and the run checks that HubSpot holds exactly one note per request. `--no-notes`

@@ -5,8 +5,8 @@ SQL (generate_series, seconds), then times pages of 1,000 at the start, middle a
 the export's own code (`leadsync.sales_view.all_sales_rows`, one page = one keyset query + its packet lookup +
 row building), and the same pages fetched with OFFSET for comparison.
 
-    .venv/bin/python bench/export_pages.py                  # 1,000,000 contacts
-    .venv/bin/python bench/export_pages.py --contacts 200000
+    .venv/bin/python -m bench.export_pages                  # 1,000,000 contacts
+    .venv/bin/python -m bench.export_pages --contacts 200000
 """
 
 from __future__ import annotations
