@@ -21,8 +21,10 @@ from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import Contact, CrmStatus, DeadLetter, ServiceState, utcnow
 from leadsync.worker.crm.batching import write_batch
-from leadsync.worker.crm.hubspot import HubSpotCrm, RetryPolicy, WriteInput
+from leadsync.worker.crm.hubspot import HubSpotCrm
+from leadsync.worker.crm.hubspot_wire import RetryPolicy
 from leadsync.worker.crm.mapping import Mapping, load_mapping
+from leadsync.worker.crm.port import WriteInput
 from leadsync.worker.crm.ratelimit import limiter_from_settings, memory_limiter
 from leadsync.worker.crm.service_state import AUTH_STATE, PAUSE_STATE, RATE_STATE
 from leadsync.worker.crm.sync import FlushReport, flush_pending
