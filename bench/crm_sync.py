@@ -7,9 +7,9 @@ production code path: N pending contacts in a database, `flush_pending` in separ
 file, or Redis with --redis). The naive run sends one create per contact (and, with notes on, one create
 per note), paced by the same kind of limiter so it is not simply refused: what differs is batching alone.
 
-    .venv/bin/python bench/crm_sync.py                       # 10,000 contacts; naive: 300
-    .venv/bin/python bench/crm_sync.py --contacts 30000 --redis redis://127.0.0.1:6379/0
-    .venv/bin/python bench/crm_sync.py --rate-limit 190      # Professional / Enterprise
+    .venv/bin/python -m bench.crm_sync                       # 10,000 contacts; naive: 300
+    .venv/bin/python -m bench.crm_sync --contacts 30000 --redis redis://127.0.0.1:6379/0
+    .venv/bin/python -m bench.crm_sync --rate-limit 190      # Professional / Enterprise
 
 Notes are on (issue 15): every contact comes with its info-packet request, so each batch of 100 costs one
 upsert and one notes call, and the run checks that HubSpot holds exactly one note per request. `--no-notes`
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support.hubspot_emulator
 
 MEASURED_TOKEN, NAIVE_TOKEN, SETUP_TOKEN = "bench-app", "naive-app", "setup-app"
 
@@ -120,8 +118,8 @@ def _flusher(go: Any, out: Any) -> None:
     """One worker process: flush until nothing is pending, as `leadsync.flush_crm` chains do."""
     from leadsync.config import get_settings
     from leadsync.storage.db import get_sessionmaker
+    from leadsync.worker.crm.clients import crm_client, crm_mapping
     from leadsync.worker.crm.sync import flush_pending
-    from leadsync.worker.tasks import crm_client, crm_mapping
 
     settings, crm, mapping = get_settings(), crm_client(), crm_mapping()
     sessions = get_sessionmaker()
@@ -133,7 +131,8 @@ def _flusher(go: Any, out: Any) -> None:
         quiet = quiet + 1 if not busy else 0
         if not busy:
             time.sleep(0.05)
-    out.put((time.time(), crm.stats.calls, crm.stats.rate_limited))
+    seen = crm.budget()
+    out.put((time.time(), seen.calls, seen.rate_limited))
 
 
 def run_batched(hub: Any, contacts: int, flushers: int, rate_limit: int, redis_url: str | None, notes: bool) -> Result:

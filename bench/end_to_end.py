@@ -59,13 +59,12 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support, also when run as a file
+from leadsync.config import Settings
+from tests.support.hubspot_emulator import HubSpotEmulator
+from tests.support.services import PostgresServer, RedisServer, SmtpSink
+from tests.support.stack import LeadsyncStack, services_env
 
-from leadsync.config import Settings  # noqa: E402
-from tests.support.hubspot_emulator import HubSpotEmulator  # noqa: E402
-from tests.support.services import PostgresServer, RedisServer, SmtpSink  # noqa: E402
-from tests.support.stack import LeadsyncStack, services_env  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MEASURED_TOKEN, SETUP_TOKEN = "e2e-bench-app", "e2e-setup-app"
 TARGET_EMAIL_P95, TARGET_CRM_P95 = 2.0, 15.0

@@ -2,24 +2,22 @@
 
 Starts a throwaway PostgreSQL (tests/support/services.py), migrates it, fills `contacts` with N rows in
 SQL (generate_series, seconds), then times pages of 1,000 at the start, middle and end of the table through
-the export's own code (`leadsync.contacts.all_sales_rows`, one page = one keyset query + its packet lookup +
+the export's own code (`leadsync.sales_view.all_sales_rows`, one page = one keyset query + its packet lookup +
 row building), and the same pages fetched with OFFSET for comparison.
 
-    .venv/bin/python bench/export_pages.py                  # 1,000,000 contacts
-    .venv/bin/python bench/export_pages.py --contacts 200000
+    .venv/bin/python -m bench.export_pages                  # 1,000,000 contacts
+    .venv/bin/python -m bench.export_pages --contacts 200000
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.support.services
 
 PAGE = 1000
 
@@ -46,7 +44,7 @@ def _fill(count: int) -> None:
 def _keyset_page(after: int) -> float:
     """The page of contacts after+1 .. after+PAGE (the export walks down from the newest)."""
     from leadsync.config import get_settings
-    from leadsync.contacts import all_sales_rows
+    from leadsync.sales_view import all_sales_rows
     from leadsync.storage.db import get_sessionmaker
 
     with get_sessionmaker()() as session:

@@ -33,12 +33,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.services import PostgresServer, RedisServer, descendants, free_port
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.support.services
-
-from tests.support.services import PostgresServer, RedisServer, descendants, free_port  # noqa: E402
 
 __all__ = [
     "BENCH",

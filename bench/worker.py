@@ -171,12 +171,12 @@ def running_worker(env: dict[str, str], workdir: Path, queues: str = "intake") -
 
 def drain(ids: list[str], batch: int, env: dict[str, str], workdir: Path, timeout: float = 600) -> dict[str, float]:
     """Publish `ids` in messages of `batch` to a running worker; time until none is pending."""
-    from leadsync.worker import signatures
+    from leadsync.worker import enqueue
 
     with running_worker(env, workdir) as worker, RssSampler({"worker": worker.pid}) as rss:
         started = time.monotonic()
         for index in range(0, len(ids), batch):
-            signatures.enqueue_submissions(ids[index : index + batch])
+            enqueue.enqueue_submissions(ids[index : index + batch])
         published = time.monotonic() - started
         while (left := pending_count()) > 0:
             if time.monotonic() - started > timeout:

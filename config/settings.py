@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from leadsync.kinds import FormKind
+
 CONFIG_DIR = Path(str(files("leadsync.config")))
 
 
@@ -183,7 +185,7 @@ class Settings(BaseSettings):
         guids: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in value.split(","))):
             form, sep, guid = part.partition("=")
-            if not sep or form.strip() not in ("info_packet", "newsletter") or not guid.strip():
+            if not sep or form.strip() not in set(FormKind) or not guid.strip():
                 raise ValueError(f"expected form=GUID with form info_packet or newsletter, got {part!r}")
             guids[form.strip()] = guid.strip()
         return guids

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from leadsync import logs, metrics
+from leadsync import logs, status_metrics
 from leadsync.config import Settings, get_settings
 from leadsync.forms import subscriptions
 from leadsync.forms.group_commit import ARRIVED, RETRY_AFTER_SECONDS, GroupCommit, Overloaded
@@ -34,7 +34,7 @@ from leadsync.forms.security import SecurityHeadersMiddleware, UnwrapMappedClien
 from leadsync.forms.spam import SpamGuard
 from leadsync.forms.submit import store_batch, submit
 from leadsync.forms.tokens import token_endpoint
-from leadsync.worker.signatures import enqueue_submissions
+from leadsync.worker.enqueue import enqueue_submissions
 
 # The embeddable snippet's contract version: sites link /static/v1/leadsync-forms.js; compatible fixes ship
 # under v1, a change to the markup it expects gets v2 while v1 stays served.
@@ -46,13 +46,13 @@ async def openapi(request: Request) -> JSONResponse:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus: the state gauges, computed now from the database and the broker (leadsync/metrics.py).
+    """Prometheus: the state gauges, computed now from the database and the broker (leadsync/status_metrics.py).
 
     The one policy of every operations endpoint: 403 while OPS_TOKEN is unset, 401 without the right bearer.
     """
     if (refused := require_ops_token(request)) is not None:
         return refused
-    body, content_type = await run_in_threadpool(metrics.render, request.app.state.metrics)
+    body, content_type = await run_in_threadpool(status_metrics.render, request.app.state.metrics)
     return Response(body, media_type=content_type)
 
 
@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.spam_guard = SpamGuard(settings)  # rate-limit counters live as long as the app
     app.state.group_commit = group_commit
     app.state.openapi = openapi_document()
-    app.state.metrics = metrics.web_registry(settings)
+    app.state.metrics = status_metrics.web_registry(settings)
     # Everything loaded so far lives as long as the process: keep the collector from walking it again and
     # again, and let it run less often (each post makes a few hundred short-lived objects). Fewer pauses,
     # a shorter latency tail under a burst (docs/benchmarks.md).

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from leadsync.storage.db import ping as database_ping
-from leadsync.worker.signatures import broker_ping
+from leadsync.worker.enqueue import broker_ping
 
 log = logging.getLogger(__name__)
 

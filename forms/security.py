@@ -1,25 +1,20 @@
-"""Web security for every response, the client address every per-IP rule sees, and the OPS_TOKEN check for
-operations endpoints and commands.
+"""Web security for every response, the client address every per-IP rule sees, and the OPS_TOKEN check of
+operations endpoints (the policy itself is leadsync/ops_auth.py, shared with the CLI).
 
 Example (an operations endpoint):
     async def metrics(request: Request) -> Response:
         if (refused := require_ops_token(request)) is not None:
             return refused
         ...
-
-Example (a state-changing command):
-    if not ops_token_matches(click_option_value, get_settings()):
-        raise click.ClickException("OPS_TOKEN required")
 """
 
 from __future__ import annotations
-
-import hmac
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leadsync import ops_auth
 from leadsync.config import Settings
 
 # Pages are served from our origin only: the demo loads /static/v1/leadsync-forms.js and posts to /forms/…;
@@ -92,27 +87,14 @@ class UnwrapMappedClient:
         await self.app(scope, receive, send)
 
 
-def ops_token_matches(presented: str | None, settings: Settings) -> bool:
-    """Whether `presented` is OPS_TOKEN, compared in constant time. No OPS_TOKEN set: nothing matches."""
-    expected = settings.ops_token.get_secret_value() if settings.ops_token else ""
-    if not expected or not presented:
-        return False
-    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
-
-
 def require_ops_token(request: Request) -> JSONResponse | None:
     """None when the request carries `Authorization: Bearer <OPS_TOKEN>`, else the 401/403 answer to return.
 
     Fails closed: with OPS_TOKEN unset, operations endpoints answer 403 rather than serve anyone.
     """
     settings: Settings = request.app.state.settings
-    if not (settings.ops_token and settings.ops_token.get_secret_value()):
-        return JSONResponse({"errors": {"authorization": "OPS_TOKEN is not configured on this server."}}, 403)
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not ops_token_matches(presented.strip(), settings):
-        return JSONResponse(
-            {"errors": {"authorization": "Send Authorization: Bearer <OPS_TOKEN>."}},
-            401,
-            headers={"WWW-Authenticate": 'Bearer realm="leadsync-ops"'},
-        )
-    return None
+    refusal = ops_auth.http_refusal(settings, request.headers.get("authorization", ""))
+    if refusal is None:
+        return None
+    headers = {"WWW-Authenticate": ops_auth.CHALLENGE} if refusal.status == 401 else None
+    return JSONResponse({"errors": {refusal.field: refusal.message}}, refusal.status, headers=headers)

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
-from leadsync.contacts import record_url
+from leadsync.sales_view import record_url
 from leadsync.storage.models import Contact, CrmActivity, EmailSend, Submission
 
 

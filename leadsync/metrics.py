@@ -1,34 +1,23 @@
-"""Prometheus metrics: state from one place, events from where they happen.
+"""Prometheus event counters: tasks and HubSpot calls, counted where they happen (and nothing else).
 
-- **State** (queue depth, outbox, CRM backlog and lag, emails, dead letters, HubSpot budget and auth) is
-  what the database and the broker already know. The web process computes it at scrape time from the
-  same queries as `leadsync status` (`StateCollector`), so it is right however many web and worker
-  processes run, survives restarts, and is counted once. Scrape one web instance for it.
-- **Events** (tasks succeeded / failed / retried, HubSpot calls and 429s) happen inside Celery's pool
-  processes. Each `leadsync worker` started with `METRICS_PORT` serves its own `/metrics`, summing its
-  pool processes through prometheus_client's multiprocess mode (one private folder per worker, which
-  `leadsync worker` sets up before anything imports prometheus_client). Scrape every worker.
+Events (tasks succeeded / failed / retried, HubSpot calls and 429s) happen inside Celery's pool processes.
+Each `leadsync worker` started with `METRICS_PORT` serves its own `/metrics`, summing its pool processes
+through prometheus_client's multiprocess mode (one private folder per worker, which `leadsync worker` sets
+up before anything imports prometheus_client). Scrape every worker. The state gauges (queues, outbox, CRM
+backlog, dead letters) are the web's, from `leadsync status`: leadsync/status_metrics.py.
 
-The web's `/metrics` is an operations endpoint like any other (forms/security.py `require_ops_token`): 403
-while OPS_TOKEN is unset, 401 without `Authorization: Bearer <OPS_TOKEN>`. It fails closed.
+This module imports nothing of leadsync's, so the Celery app can count without an import circle.
 
 Example:
-    $ curl -s -H "Authorization: Bearer $OPS_TOKEN" localhost:8000/metrics | grep leadsync_queue_messages
-    leadsync_queue_messages{queue="intake"} 0.0
+    >>> count_task("leadsync.flush_crm", "succeeded")
+    >>> TASKS.labels(task="leadsync.flush_crm", state="succeeded")._value.get()
+    1.0
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, start_http_server
-from prometheus_client.registry import Collector
-
-from leadsync.config import Settings
+from prometheus_client import CollectorRegistry, Counter, multiprocess
+from prometheus_client.exposition import start_http_server
 
 # Worker events (counted in the process that ran the task).
 TASKS = Counter(
@@ -38,159 +27,6 @@ HUBSPOT_CALLS = Counter("leadsync_hubspot_calls", "HubSpot API calls made by CRM
 HUBSPOT_RATE_LIMITED = Counter("leadsync_hubspot_rate_limited", "HubSpot answers with status 429.")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def queue_depths() -> dict[str, int | None]:
-    """Messages waiting in each Celery queue; None where the transport cannot count.
-
-    Redis: the queue's list (and its priority lists); filesystem: the queue's `.msg` files. Both through
-    kombu's own `_size`, so the naming stays kombu's business. Messages a worker holds unacked are not
-    counted here: they are in flight, and the outbox gauges cover them.
-    """
-    from leadsync.worker.celery_app import QUEUES, app
-
-    depths: dict[str, int | None] = {}
-    with app.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
-        channel = connection.default_channel
-        for queue in QUEUES:
-            try:
-                depths[queue] = int(channel._size(queue))
-            except Exception:  # a transport without sizes, or a queue it does not know yet
-                depths[queue] = None
-    return depths
-
-
-def _gauge(name: str, documentation: str, value: float | None, labels: dict[str, str] | None = None) -> Metric:
-    family = GaugeMetricFamily(name, documentation, labels=list(labels or {}))
-    if value is not None:
-        family.add_metric(list((labels or {}).values()), value)
-    return family
-
-
-class StateCollector(Collector):
-    """Gauges (and DB-derived counters) computed at scrape time from `leadsync.status.collect`."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # computed per scrape: nothing to query at registration
-
-    def collect(self) -> Iterator[Metric]:
-        from leadsync.status import collect
-
-        report = collect(self.settings)
-        yield from state_metrics(report)
-
-
-def state_metrics(report: dict[str, Any]) -> Iterator[Metric]:
-    """The status report as Prometheus families (names follow the conventions: base units, `_total`)."""
-    up = GaugeMetricFamily("leadsync_dependency_up", "1 when the dependency answers.", labels=["dependency"])
-    for name in ("database", "broker"):
-        up.add_metric([name], 1.0 if report.get(name) == "ok" else 0.0)
-    yield up
-    yield _gauge("leadsync_healthy", "1 when `leadsync status` says healthy.", report["verdict"] == "healthy")
-
-    queues = GaugeMetricFamily("leadsync_queue_messages", "Messages waiting in a broker queue.", labels=["queue"])
-    for queue, depth in sorted(report.get("queues", {}).items()):
-        if depth is not None:
-            queues.add_metric([queue], depth)
-    yield queues
-    if "submissions" not in report:  # the database is down: nothing more to say
-        return
-
-    yield _gauge("leadsync_outbox_pending", "Submissions stored, not yet processed.", report["outbox_pending"])
-    yield _gauge(
-        "leadsync_outbox_oldest_pending_age_seconds",
-        "Age of the oldest pending submission (0 when none).",
-        report["outbox_oldest_pending_seconds"],
-    )
-    accepted = CounterMetricFamily(
-        "leadsync_submissions_accepted", "Submissions stored for processing, by form.", labels=["form"]
-    )
-    spam = CounterMetricFamily(
-        "leadsync_submissions_spam", "Submissions kept as spam, never processed.", labels=["form"]
-    )
-    for form, statuses in sorted(report["submissions_by_form"].items()):
-        accepted.add_metric([form], sum(n for status, n in statuses.items() if status != "spam"))
-        spam.add_metric([form], statuses.get("spam", 0))
-    yield accepted
-    yield spam
-    submissions = GaugeMetricFamily("leadsync_submissions", "Submissions by current status.", labels=["status"])
-    for status, count in sorted(report["submissions"].items()):
-        submissions.add_metric([status], count)
-    yield submissions
-
-    emails = report["emails"]
-    yield CounterMetricFamily("leadsync_emails_sent", "Emails delivered.", value=emails.get("sent", 0))
-    yield CounterMetricFamily("leadsync_emails_failed", "Emails failed for good.", value=emails.get("failed", 0))
-    email_states = GaugeMetricFamily("leadsync_emails", "Email sends by current status.", labels=["status"])
-    for status, count in sorted(emails.items()):
-        email_states.add_metric([status], count)
-    yield email_states
-
-    crm = GaugeMetricFamily("leadsync_crm_contacts", "Contacts by CRM sync status.", labels=["status"])
-    for status, count in sorted(report["crm"].items()):
-        crm.add_metric([status], count)
-    yield crm
-    yield _gauge("leadsync_crm_backlog", "Contacts waiting for HubSpot sync.", report["crm"].get("pending", 0))
-    yield _gauge(
-        "leadsync_crm_sync_lag_seconds",
-        "Age of the oldest contact change HubSpot has not seen (0 when none).",
-        report["crm_sync_lag_seconds"],
-    )
-    timeline = GaugeMetricFamily(
-        "leadsync_hubspot_timeline",
-        "HubSpot timeline writes (note, task, owner, form) by outcome (pending, done, rejected).",
-        labels=["kind", "status"],
-    )
-    for kind, states in sorted((report.get("timeline") or {}).items()):
-        for state, count in sorted(states.items()):
-            timeline.add_metric([kind, state], count)
-    yield timeline
-    yield _gauge("leadsync_crm_sync_enabled", "1 when HUBSPOT_ACCESS_TOKEN is set.", report["crm_sync"] == "enabled")
-
-    hubspot = report.get("hubspot", {})
-    yield _gauge("leadsync_hubspot_auth_ok", "0 while HubSpot refuses the token (401/403).", hubspot.get("auth_ok", 1))
-    yield _gauge("leadsync_hubspot_paused", "1 while every CRM flusher pauses.", bool(hubspot.get("paused_until")))
-    yield _gauge(
-        "leadsync_hubspot_daily_limit", "HubSpot's daily call limit, as last reported.", hubspot.get("daily_limit")
-    )
-    yield _gauge(
-        "leadsync_hubspot_daily_remaining",
-        "HubSpot calls left today, as last reported.",
-        hubspot.get("daily_remaining"),
-    )
-    yield _gauge(
-        "leadsync_hubspot_rate_limited_today",
-        "429s from HubSpot today, all workers.",
-        hubspot.get("rate_limited_today"),
-    )
-
-    letters = GaugeMetricFamily(
-        "leadsync_dead_letters", "Open dead letters (failed for good), by kind.", labels=["kind"]
-    )
-    for kind, count in sorted(report["dead_letters_by_kind"].items()):
-        letters.add_metric([kind], count)
-    yield letters
-    yield _gauge("leadsync_dead_letters_open", "Open dead letters, all kinds.", report["dead_letters"])
-
-
-# ------------------------------------------------------------------------------------------- web side
-
-
-def web_registry(settings: Settings) -> CollectorRegistry:
-    """State gauges; plus worker counters when this host's workers share PROMETHEUS_MULTIPROC_DIR with it."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StateCollector(settings))
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.MultiProcessCollector(registry)
-    return registry
-
-
-def render(registry: CollectorRegistry) -> tuple[bytes, str]:
-    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 # ---------------------------------------------------------------------------------------- worker side

@@ -20,6 +20,7 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
+from leadsync import ops_auth
 from leadsync.config import Settings
 from leadsync.config.settings import _mask_url_password
 from leadsync.worker.mail.transport import clear_text_login_refusal, is_loopback
@@ -74,7 +75,7 @@ def problems(settings: Settings) -> list[str]:
     for index, previous in enumerate(_previous_secrets(settings), 1):
         if len(previous.encode()) < MIN_SECRET_BYTES:
             found.append(f"FORM_TOKEN_SECRET_PREVIOUS entry {index} is shorter than {MIN_SECRET_BYTES} bytes")
-    if not (settings.ops_token and settings.ops_token.get_secret_value()):
+    if not ops_auth.configured(settings):
         found.append("OPS_TOKEN is not set: /metrics answers 403 and state-changing commands ask for no token")
     credentials = bool(settings.smtp_username or settings.smtp_password)
     refusal = settings.smtp_host and clear_text_login_refusal(settings.smtp_host, settings.smtp_security, credentials)

@@ -22,8 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.kinds import EmailKind
 from leadsync.storage.models import Contact, EmailSend, EmailStatus, new_id, utcnow
-from leadsync.worker.intake import PACKET, EmailHistory
+from leadsync.worker.intake import EmailHistory
 
 REASON_MAX = 500
 
@@ -57,7 +58,7 @@ def resend_packet(
     session.add(
         EmailSend(
             id=send_id,
-            kind=PACKET,
+            kind=EmailKind.INFO_PACKET,
             contact_id=contact.id,
             submission_id=None,
             message_id=f"<{send_id}.packet@{domain}>",

@@ -3,17 +3,27 @@
 Uniqueness lives in the database: `INSERT ... ON CONFLICT (email) DO NOTHING`, then the rows are
 locked (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite serializes writers with `BEGIN IMMEDIATE`)
 so two workers merging submissions of one person take turns.
+
+And the one rule for "HubSpot must see this change": `mark_for_sync` (a loaded row) and
+`sync_pending_values` (an UPDATE statement) bump `crm_version`, so a flush in flight leaves it pending.
+
+Example:
+    >>> mark_for_sync(contact, utcnow())
+    >>> contact.crm_status, contact.crm_version
+    ('pending', 4)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from leadsync.kinds import NewsletterStatus
 from leadsync.signing import Claims, matches
 from leadsync.storage.models import Contact, CrmStatus
 
@@ -24,7 +34,7 @@ def new_contact_values(email: str, now: datetime, **values: object) -> dict[str,
         "email": email,
         "field_times": {},
         "lifecycle_stage": "subscriber",
-        "newsletter_status": "none",
+        "newsletter_status": NewsletterStatus.NONE,
         "first_seen_at": now,
         "last_seen_at": now,
         "submissions_count": 0,
@@ -67,6 +77,19 @@ def lock_or_create_contacts(
     return {contact.email: contact for contact in contacts}, created
 
 
+def sync_pending_values(now: datetime) -> dict[str, Any]:
+    """The values of an UPDATE that marks contacts for the next CRM flush (the same rule as `mark_for_sync`)."""
+    return {"crm_status": CrmStatus.PENDING, "crm_version": Contact.crm_version + 1, "crm_changed_at": now}
+
+
+def mark_for_sync(contact: Contact, now: datetime) -> None:
+    """The next CRM flush writes this contact: a new version (a flush holding the old one settles only that),
+    pending, changed now (the lag `leadsync status` shows counts from here)."""
+    contact.crm_version += 1
+    contact.crm_status = CrmStatus.PENDING
+    contact.crm_changed_at = now
+
+
 def set_newsletter_status(session: Session, claims: Claims, status: str, now: datetime) -> Contact | None:
     """Apply a confirm or unsubscribe click; None when the link's contact is gone or its address changed,
     or when it is a confirm link issued before the person's latest unsubscribe.
@@ -77,16 +100,14 @@ def set_newsletter_status(session: Session, claims: Claims, status: str, now: da
     if contact is None or not matches(claims, contact.email):
         return None
     unsubscribed = contact.newsletter_unsubscribed_at
-    if status == "subscribed" and unsubscribed and claims.issued_ms < unsubscribed.timestamp() * 1000:
+    if status == NewsletterStatus.SUBSCRIBED and unsubscribed and claims.issued_ms < unsubscribed.timestamp() * 1000:
         return None  # a confirm link from before the person's latest unsubscribe: only a newer sign-up confirms
     if contact.newsletter_status == status:
         return contact  # a second click changes nothing
     contact.newsletter_status = status
-    if status == "subscribed":
+    if status == NewsletterStatus.SUBSCRIBED:
         contact.newsletter_confirmed_at = now
-    elif status == "unsubscribed":
+    elif status == NewsletterStatus.UNSUBSCRIBED:
         contact.newsletter_unsubscribed_at = now
-    contact.crm_version += 1
-    contact.crm_status = CrmStatus.PENDING
-    contact.crm_changed_at = now
+    mark_for_sync(contact, now)
     return contact

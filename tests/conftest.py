@@ -15,6 +15,7 @@ from leadsync.storage.db import get_engine
 from leadsync.storage.migrate import upgrade
 from leadsync.worker import tasks
 from leadsync.worker.celery_app import reconfigure
+from leadsync.worker.crm import clients
 from tests.support.stack import TEST_SECRET
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def apply_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Sett
     """Set environment variables and drop every cache that read the old ones."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    for cached in (get_settings, tasks.crm_client, tasks.crm_mapping, tasks.mail_transport):
+    for cached in (get_settings, clients.crm_client, clients.crm_mapping, tasks.mail_transport):
         cached.cache_clear()
     if get_engine.cache_info().currsize:
         get_engine().dispose()  # the cached engine for the old DATABASE_URL

@@ -26,7 +26,7 @@ from leadsync.forms.group_commit import GroupCommit
 from leadsync.forms.submit import store_batch
 from leadsync.storage.db import get_engine
 from leadsync.storage.submissions import NewSubmission
-from leadsync.worker.signatures import enqueue_submissions
+from leadsync.worker.enqueue import enqueue_submissions
 from tests.test_forms_api import queued_tasks, submissions
 
 

@@ -25,7 +25,7 @@ from leadsync.forms.group_commit import ADMISSION_DEADLINE_SECONDS, ARRIVED, Gro
 from leadsync.forms.submit import store_batch
 from leadsync.storage.models import Submission
 from leadsync.storage.submissions import NewSubmission
-from leadsync.worker.signatures import enqueue_submissions
+from leadsync.worker.enqueue import enqueue_submissions
 from tests.conftest import apply_settings
 
 

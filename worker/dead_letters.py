@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from leadsync.storage.contacts import sync_pending_values
 from leadsync.storage.models import (
     Contact,
     CrmStatus,
@@ -93,15 +94,24 @@ def retry(session_factory: Callable[[], Session], ids: Iterable[int]) -> Requeue
                 session.execute(
                     update(Contact)
                     .where(Contact.id == int(letter.ref), Contact.crm_status == CrmStatus.REJECTED)
-                    .values(
-                        crm_status=CrmStatus.PENDING,
-                        crm_version=Contact.crm_version + 1,
-                        crm_changed_at=now,
-                        crm_claimed_until=None,
-                    )
+                    .values(**sync_pending_values(now), crm_claimed_until=None)
                 )
                 out.crm = True
     return out
+
+
+def retry_and_publish(session_factory: Callable[[], Session], ids: Iterable[int]) -> Requeue:
+    """`retry`, then publish the work again at once (`leadsync failed retry`); a publish that fails is the
+    sweeper's to redo, as the rows say pending."""
+    from leadsync.worker import enqueue  # the broker, only for callers that publish
+
+    requeue = retry(session_factory, ids)
+    for submission_id in requeue.submissions:
+        enqueue.enqueue_submission(submission_id)
+    enqueue.enqueue_emails(requeue.emails)
+    if requeue.crm:
+        enqueue.enqueue_crm_flush()
+    return requeue
 
 
 def discard(session_factory: Callable[[], Session], ids: Iterable[int]) -> list[int]:

@@ -33,9 +33,11 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from leadsync import backoff
+from leadsync.config import Settings
 from leadsync.storage.models import Erasure, utcnow
-from leadsync.worker.crm.hubspot import CrmError, CrmRejected, HubSpotCrm
-from leadsync.worker.privacy import email_key
+from leadsync.worker.crm.port import Crm, CrmError, CrmRejected
+from leadsync.worker.privacy import Forgotten, email_key, erase_outbox, forget, suppression_keys
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def _lease(session_factory: Callable[[], Session], now: datetime, job_id: int | 
         return leased
 
 
-def _delete_in_hubspot(crm: HubSpotCrm, job: _Leased) -> None:
+def _delete_in_hubspot(crm: Crm, job: _Leased) -> None:
     for record_id in job.ids:
         try:
             crm.gdpr_delete_record(record_id)
@@ -131,7 +133,7 @@ def _settle(session_factory: Callable[[], Session], job: _Leased, error: CrmErro
         row = session.get(Erasure, job.id)
         if row is not None:
             row.attempts = job.attempts + 1
-            wait = min(RETRY_CAP, RETRY_BASE * 2**job.attempts)
+            wait = backoff.ceiling(job.attempts + 1, RETRY_BASE, RETRY_CAP)
             row.next_attempt_at = now + timedelta(seconds=wait)
             row.last_error = str(error)[:2000]
         return Outcome(False, str(error))
@@ -139,7 +141,7 @@ def _settle(session_factory: Callable[[], Session], job: _Leased, error: CrmErro
 
 def run(
     session_factory: Callable[[], Session],
-    crm: HubSpotCrm | None,
+    crm: Crm | None,
     job_id: int | None = None,
     now: datetime | None = None,
 ) -> list[Outcome]:
@@ -160,6 +162,31 @@ def run(
             log.info("HubSpot erasure %d done", job.id)
         outcomes.append(outcome)
     return outcomes
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What `forget_everywhere` did: here, in the outbox, and at HubSpot."""
+
+    local: Forgotten
+    outbox_files: int
+    job_id: int | None  # the HubSpot erasure job, None when there is nothing to delete there
+    hubspot: list[Outcome] | None  # None: not tried now (no client); [] another worker holds the job
+
+
+def forget_everywhere(
+    session_factory: Callable[[], Session], settings: Settings, email: str, crm: Crm | None
+) -> Erased:
+    """`leadsync forget`: erase the person's rows and write the HubSpot job in one transaction, delete their
+    outbox files, then run the job at once (an outage leaves it to the worker, retried until done)."""
+    keys, job_id = suppression_keys(settings), None
+    with session_factory() as session, session.begin():  # the local erasure and the HubSpot job commit together
+        local = forget(session, email, keys)
+        if crm is not None or local.hubspot_id:
+            job_id = schedule(session, email, [local.hubspot_id], keys, hold_until=local.leased_until)
+    files = erase_outbox(settings.mail_outbox_dir, email, local.message_ids)
+    hubspot = run(session_factory, crm, job_id) if job_id is not None and crm is not None else None
+    return Erased(local, files, job_id, hubspot)
 
 
 def pending(session: Session, now: datetime) -> dict[str, Any]:

@@ -20,11 +20,11 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.kinds import EmailKind, FormKind, NewsletterStatus
 from leadsync.mailbox import mailbox_key
-from leadsync.storage.contacts import lock_or_create_contacts
+from leadsync.storage.contacts import lock_or_create_contacts, mark_for_sync
 from leadsync.storage.models import (
     Contact,
-    CrmStatus,
     EmailSend,
     EmailStatus,
     Submission,
@@ -32,18 +32,9 @@ from leadsync.storage.models import (
     new_id,
     utcnow,
 )
-from leadsync.worker.merge import (
-    FORM_STAGE,
-    later_stage,
-    merge_fields,
-    packet_due,
-    submission_values,
-    subscribes,
-)
+from leadsync.worker.email_decisions import packet_due, subscribes
+from leadsync.worker.merge import FORM_STAGE, later_stage, merge_fields, submission_values
 from leadsync.worker.privacy import suppressed_since, suppression_keys
-
-PACKET = "info_packet"
-CONFIRM = "newsletter_confirm"
 
 
 @dataclass
@@ -109,28 +100,26 @@ def _apply(
     crm_changed = _merge_into(contact, submission) or created
     result = IntakeResult(contact_id=contact.id, contact_created=created)
 
-    if submission.form == PACKET:
+    if submission.form == FormKind.INFO_PACKET:
         contact.packet_requested_at = submission.received_at
         crm_changed = True
         window = timedelta(days=settings.packet_resend_window_days)
-        send = _queue_email(session, PACKET, contact, submission, now, window, history, settings)
+        send = _queue_email(session, EmailKind.INFO_PACKET, contact, submission, now, window, history, settings)
         if send is not None:
             result.email_send_ids.append(send.id)
 
-    if subscribes(submission.form, submission.fields) and contact.newsletter_status != "subscribed":
+    if subscribes(submission.form, submission.fields) and contact.newsletter_status != NewsletterStatus.SUBSCRIBED:
         # Double opt-in: pending until the person confirms. Repeat sign-ups (or a bot list-bombing a
         # stranger's address) resend the confirmation at most once per window.
-        if contact.newsletter_status != "pending":
-            contact.newsletter_status, crm_changed = "pending", True
+        if contact.newsletter_status != NewsletterStatus.PENDING:
+            contact.newsletter_status, crm_changed = NewsletterStatus.PENDING, True
         window = timedelta(hours=settings.optin_resend_window_hours)
-        send = _queue_email(session, CONFIRM, contact, submission, now, window, history, settings)
+        send = _queue_email(session, EmailKind.NEWSLETTER_CONFIRM, contact, submission, now, window, history, settings)
         if send is not None:
             result.email_send_ids.append(send.id)
 
     if crm_changed:
-        contact.crm_version += 1
-        contact.crm_status = CrmStatus.PENDING
-        contact.crm_changed_at = now
+        mark_for_sync(contact, now)
     result.crm_changed = crm_changed
 
     contact.last_seen_at = max(contact.last_seen_at, submission.received_at)
@@ -184,7 +173,7 @@ def _queue_email(
         kind=kind,
         contact_id=contact.id,
         submission_id=submission.id,
-        message_id=f"<{send_id}.{'packet' if kind == PACKET else 'confirm'}@{domain}>",
+        message_id=f"<{send_id}.{'packet' if kind == EmailKind.INFO_PACKET else 'confirm'}@{domain}>",
         mailbox=history.mailbox_of(contact.id),
         status=EmailStatus.PENDING,
         created_at=now,

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
+
+from leadsync.kinds import FormKind
 
 # Contact fields a submission can set, in the order sales read them.
 CONTACT_FIELDS = (
@@ -43,7 +45,7 @@ STAGES = (
     "evangelist",
 )
 
-FORM_STAGE = {"newsletter": "subscriber", "info_packet": "lead"}
+FORM_STAGE = {FormKind.NEWSLETTER: "subscriber", FormKind.INFO_PACKET: "lead"}
 
 
 @dataclass(frozen=True)
@@ -78,20 +80,11 @@ def later_stage(current: str | None, incoming: str) -> str:
     return incoming if rank.get(incoming, -1) > rank.get(current, -1) else current
 
 
-def packet_due(last_sent_at: datetime | None, now: datetime, window: timedelta) -> bool:
-    """One email of a kind per person per window: due when none was sent (or queued) within it."""
-    return last_sent_at is None or now - last_sent_at >= window
-
-
 def submission_values(form: str, fields: Mapping[str, Any], page_url: str | None, utm: Mapping[str, Any]) -> dict:
     """The contact fields a submission carries."""
     values = {name: fields.get(name) for name in CONTACT_FIELDS}
     values["page_url"] = page_url
     values.update({name: utm.get(name) for name in CONTACT_FIELDS if name.startswith("utm_")})
-    if form != "info_packet":
+    if form != FormKind.INFO_PACKET:
         values["message"] = None
     return values
-
-
-def subscribes(form: str, fields: Mapping[str, Any]) -> bool:
-    return form == "newsletter" or bool(fields.get("newsletter_opt_in"))

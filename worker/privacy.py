@@ -41,9 +41,9 @@ from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.storage.contacts import mark_for_sync
 from leadsync.storage.models import (
     Contact,
-    CrmStatus,
     DeadLetter,
     EmailAttempt,
     EmailSend,
@@ -186,8 +186,7 @@ def _redact_elsewhere(session: Session, email: str) -> int:
     for contact in session.scalars(select(Contact).where(mentions(Contact.message, Contact.interest))):
         contact.message, contact.interest = _blank(contact.message, pattern), _blank(contact.interest, pattern)
         # HubSpot holds the old text: the next flush writes the blanked one.
-        contact.crm_version += 1
-        contact.crm_status, contact.crm_changed_at = CrmStatus.PENDING, utcnow()
+        mark_for_sync(contact, utcnow())
         count += 1
     for letter in session.scalars(select(DeadLetter).where(mentions(DeadLetter.error))):
         letter.error = _blank(letter.error, pattern)

@@ -20,11 +20,9 @@ from leadsync import logs, metrics
 from leadsync.config import get_settings
 from leadsync.storage.db import get_engine, get_sessionmaker, session_scope
 from leadsync.storage.models import EmailSend, EmailStatus, Submission, SubmissionStatus, utcnow
-from leadsync.worker import dead_letters, erasure, signatures
+from leadsync.worker import dead_letters, enqueue, erasure
 from leadsync.worker.celery_app import app
-from leadsync.worker.crm.hubspot import HubSpotCrm
-from leadsync.worker.crm.mapping import Mapping, load_mapping
-from leadsync.worker.crm.ratelimit import limiter_from_settings
+from leadsync.worker.crm.clients import crm_client, crm_mapping
 from leadsync.worker.crm.sync import flush_pending
 from leadsync.worker.intake import IntakeResult
 from leadsync.worker.intake import process_submission as process_submission_rule
@@ -61,24 +59,6 @@ def _give_up(kind: str, ref: str, task: str, error: Exception, attempts: int) ->
 
 
 @lru_cache(maxsize=1)
-def crm_client() -> HubSpotCrm | None:
-    """One HubSpot client per worker process; None while no token is set."""
-    settings = get_settings()
-    if not settings.hubspot_enabled:
-        return None
-    assert settings.hubspot_access_token is not None
-    token = settings.hubspot_access_token.get_secret_value()
-    # Every process takes its slots from one shared window (Redis, or a file on the embedded default).
-    limiter = limiter_from_settings(settings, token)
-    return HubSpotCrm(token, settings.hubspot_base_url, settings.hubspot_timeout, limiter=limiter)
-
-
-@lru_cache(maxsize=1)
-def crm_mapping() -> Mapping:
-    return load_mapping(get_settings().hubspot_mapping_path)
-
-
-@lru_cache(maxsize=1)
 def mail_transport() -> MailTransport:
     return transport_from_settings(get_settings())
 
@@ -110,7 +90,7 @@ def process_submission(self: Task, submission_id: str) -> dict[str, Any]:
             raise self.retry(exc=error, countdown=backoff(self.request.retries + 1)) from error
         _give_up("submission", submission_id, self.name, error, self.request.retries + 1)
         raise
-    signatures.enqueue_emails(result.email_send_ids)
+    enqueue.enqueue_emails(result.email_send_ids)
     return {"skipped": result.skipped, "contact_id": result.contact_id, "emails": result.email_send_ids}
 
 
@@ -129,14 +109,14 @@ def process_submissions(self: Task, submission_ids: list[str]) -> dict[str, int]
     except Exception:
         log.exception("a batch of %d submissions failed; retrying them one by one", len(submission_ids))
         for submission_id in submission_ids:
-            signatures.enqueue_submission(submission_id)
+            enqueue.enqueue_submission(submission_id)
         return {"processed": 0, "emails": 0}
     for submission_id, result in zip(submission_ids, results, strict=True):
         logs.bind(submission_id=submission_id)  # one line a lead, so its id can be followed through the batch
         log.info("submission %s: %s", submission_id, _intake_summary(result))
     logs.unbind("submission_id")  # the emails message is the batch's, not the last submission's
     emails = [send_id for result in results for send_id in result.email_send_ids]
-    signatures.enqueue_emails(emails)
+    enqueue.enqueue_emails(emails)
     return {"processed": sum(not result.skipped for result in results), "emails": len(emails)}
 
 
@@ -159,11 +139,11 @@ def send_emails(send_ids: list[str]) -> dict[str, int]:
                 delivery = deliver(get_sessionmaker(), send_id, transport, settings)
             except Exception:
                 log.exception("email %s failed in a batch; retrying it on its own", send_id)
-                signatures.enqueue_email(send_id)
+                enqueue.enqueue_email(send_id)
                 continue
             _log_delivery(send_id, delivery)
             if delivery.status == "retry":
-                signatures.enqueue_email(send_id, countdown=delivery.retry_in)
+                enqueue.enqueue_email(send_id, countdown=delivery.retry_in)
             elif delivery.status != "failed":
                 done += 1  # sent, or nothing to do (already sent)
     logs.unbind("email_send_id", "submission_id")
@@ -209,7 +189,7 @@ def flush_crm() -> dict[str, Any]:
     report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings)
     metrics.count_hubspot(report.calls, report.rate_limited)
     if report.full(settings.crm_batch_size):
-        signatures.enqueue_crm_flush()
+        enqueue.enqueue_crm_flush()
     return report.__dict__
 
 
@@ -228,7 +208,7 @@ def sweep() -> dict[str, int]:
     with session_scope() as session:
         due = find_due_work(session, now, settings)
     batches = [due.submissions[i : i + SWEEP_BATCH] for i in range(0, len(due.submissions), SWEEP_BATCH)]
-    published = [sid for batch in batches if signatures.enqueue_submissions(batch) for sid in batch]
-    emails = [eid for eid in due.emails if signatures.enqueue_email(eid)]
+    published = [sid for batch in batches if enqueue.enqueue_submissions(batch) for sid in batch]
+    emails = [eid for eid in due.emails if enqueue.enqueue_email(eid)]
     mark_published(get_sessionmaker(), now, published, emails, timedelta(seconds=settings.sweep_requeue_seconds))
     return {"submissions": len(published), "emails": len(emails)}

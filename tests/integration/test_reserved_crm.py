@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from leadsync.worker import signatures
+from leadsync.worker import enqueue
 from tests.conftest import apply_settings
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink, descendants
@@ -50,7 +50,7 @@ def test_hubspot_gets_the_contacts_while_both_email_processes_are_stuck(
         wait_for(lambda index=index: smtp.held >= index, timeout=30, what=f"{index} email process(es) held")
 
     apply_settings(monkeypatch, {key: stack.env[key] for key in ("BROKER_URL", "DATABASE_URL", "VAR_DIR")})
-    assert signatures.enqueue_crm_flush()
+    assert enqueue.enqueue_crm_flush()
     wait_for(
         lambda: hubspot.contact_by_email("ann@example.org") and hubspot.contact_by_email("bob@example.org"),
         timeout=20,

@@ -21,9 +21,9 @@ from starlette.testclient import TestClient
 
 from leadsync.cli import main
 from leadsync.config import Settings
-from leadsync.contacts import safe_cell
 from leadsync.forms.app import create_app
 from leadsync.forms.submit import store_batch
+from leadsync.sales_view import safe_cell
 from leadsync.storage.db import get_engine, session_scope
 from leadsync.storage.models import Contact, Erasure, SpamCount, Submission
 from leadsync.storage.submissions import SAMPLE_TEXT, SPAM_SAMPLE_PER_DAY, NewSubmission

@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 
 from leadsync.config import Settings
 from leadsync.forms.app import create_app
-from leadsync.forms.security import ops_token_matches, require_ops_token
+from leadsync.forms.security import require_ops_token
+from leadsync.ops_auth import matches as ops_token_matches
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.mail.transport import SmtpTransport
 from tests.support.stack import TEST_SECRET

@@ -13,7 +13,8 @@ from leadsync.config.settings import CONFIG_DIR, MissingSecret
 from leadsync.forms.schemas import normalize_email, validate
 from leadsync.mailbox import canonical_mailbox, mailbox_key
 from leadsync.worker.crm.mapping import contact_properties, format_value, load_mapping
-from leadsync.worker.merge import later_stage, merge_fields, packet_due, submission_values
+from leadsync.worker.email_decisions import packet_due
+from leadsync.worker.merge import later_stage, merge_fields, submission_values
 
 JAN1 = datetime(2026, 1, 1, tzinfo=UTC)
 JAN2 = datetime(2026, 1, 2, tzinfo=UTC)

@@ -14,8 +14,9 @@ from leadsync.cli import main
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import Contact, EmailSend, ServiceState, utcnow
-from leadsync.worker import tasks
-from leadsync.worker.crm.sync import AUTH_STATE, flush_pending
+from leadsync.worker.crm import clients
+from leadsync.worker.crm.service_state import AUTH_STATE
+from leadsync.worker.crm.sync import flush_pending
 from tests.conftest import apply_settings
 from tests.support.hubspot_emulator import PORTAL_ID, HubSpotEmulator
 from tests.worker.helpers import process, submit
@@ -42,10 +43,10 @@ def synced(settings: Settings, hubspot: HubSpotEmulator, monkeypatch: pytest.Mon
         ann = select(Contact.id).where(Contact.email == "ann@example.org").scalar_subquery()
         session.execute(update(EmailSend).where(EmailSend.contact_id == ann).values(status="sent", sent_at=utcnow()))
         session.execute(update(Contact).where(Contact.email == "cy@example.org").values(newsletter_status="bogus"))
-    crm = tasks.crm_client()
+    crm = clients.crm_client()
     assert crm is not None
-    crm.bootstrap(tasks.crm_mapping())
-    report = flush_pending(get_sessionmaker(), crm, tasks.crm_mapping(), configured)
+    crm.bootstrap(clients.crm_mapping())
+    report = flush_pending(get_sessionmaker(), crm, clients.crm_mapping(), configured)
     assert (report.synced, report.rejected) == (2, 1)
     return configured
 
@@ -111,7 +112,7 @@ def test_hubspot_check_lifts_a_stop(synced: Settings, hubspot: HubSpotEmulator) 
         session.get_one(ServiceState, AUTH_STATE).value = {
             "ok": False,
             "detail": "HubSpot 401",
-            "token": tasks.crm_client().fingerprint,
+            "token": clients.crm_client().fingerprint,
             "retry_at": "2999-01-01T00:00:00+00:00",
         }
     code, out = run("status")

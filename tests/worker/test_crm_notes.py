@@ -264,7 +264,7 @@ def test_status_and_metrics_count_timeline_writes_by_outcome(
 ) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from leadsync import metrics, status
+    from leadsync import status, status_metrics
 
     for i in range(3):
         packet(f"m{i}@example.org", settings)
@@ -272,13 +272,14 @@ def test_status_and_metrics_count_timeline_writes_by_outcome(
     packet("m3@example.org", settings)
     flush_pending(get_sessionmaker(), None, mapping(settings), settings)  # no token: the note waits
     report = status.collect(settings)
-    assert report["timeline"] == {"note": {"done": 3}}  # m3's note is not due before its contact is synced
+    # m3's note is not due before its contact is synced
+    assert report.stored is not None and report.stored.timeline == {"note": {"done": 3}}
     flush(crm, settings)
-    assert status.collect(settings)["timeline"] == {"note": {"done": 4}}
+    assert status.collect(settings).to_dict()["timeline"] == {"note": {"done": 4}}
 
     class Collector:
         def collect(self) -> Any:
-            return metrics.state_metrics(status.collect(settings))
+            return status_metrics.state_metrics(status.collect(settings))
 
     registry = CollectorRegistry()
     registry.register(Collector())

@@ -22,7 +22,7 @@ from leadsync.signing import sign
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import DeadLetter, ServiceState, utcnow
 from leadsync.worker.crm.hubspot import HubSpotCrm
-from leadsync.worker.crm.sync import PAUSE_STATE
+from leadsync.worker.crm.service_state import PAUSE_STATE
 from leadsync.worker.mail.sending import deliver
 from leadsync.worker.mail.transport import FolderTransport
 from tests.conftest import apply_settings

@@ -11,7 +11,9 @@ import pytest
 from hubspot.crm.contacts.exceptions import ApiException
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
-from leadsync.worker.crm.hubspot import CrmRateLimited, CrmTemporaryError, HubSpotCrm, RetryPolicy
+from leadsync.worker.crm.hubspot import HubSpotCrm
+from leadsync.worker.crm.hubspot_wire import RetryPolicy
+from leadsync.worker.crm.port import CrmRateLimited, CrmTemporaryError
 from leadsync.worker.crm.ratelimit import FileStorage, RateLimitBusy, RateLimiter
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import RedisServer, free_port

@@ -20,10 +20,14 @@ from sqlalchemy import select, update
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import Contact, CrmStatus, DeadLetter, ServiceState, utcnow
-from leadsync.worker.crm.hubspot import HubSpotCrm, RetryPolicy, WriteInput
+from leadsync.worker.crm.batching import write_batch
+from leadsync.worker.crm.hubspot import HubSpotCrm
+from leadsync.worker.crm.hubspot_wire import RetryPolicy
 from leadsync.worker.crm.mapping import Mapping, load_mapping
+from leadsync.worker.crm.port import WriteInput
 from leadsync.worker.crm.ratelimit import limiter_from_settings, memory_limiter
-from leadsync.worker.crm.sync import AUTH_STATE, PAUSE_STATE, RATE_STATE, FlushReport, flush_pending, write_batch
+from leadsync.worker.crm.service_state import AUTH_STATE, PAUSE_STATE, RATE_STATE
+from leadsync.worker.crm.sync import FlushReport, flush_pending
 from tests.support.hubspot_emulator import HubSpotEmulator, Strict
 from tests.worker.helpers import process, submit
 
@@ -293,7 +297,7 @@ def test_refused_token_stops_syncing_keeps_everything_pending_and_alerts(
     assert auth["ok"] is False and auth["token"] == crm.fingerprint
     from leadsync.status import collect
 
-    assert any("refuses the token" in reason for reason in collect(settings)["reasons"])
+    assert any("refuses the token" in reason for reason in collect(settings).reasons)
     # No retry storm: the next flushes hold without calling HubSpot.
     for _ in range(3):
         held = flush(crm, settings)
@@ -451,7 +455,7 @@ def test_the_daily_limit_pauses_sync_and_shows_in_status(settings: Settings, hub
     assert hubspot.count("batch/upsert") == 1
     from leadsync.status import collect
 
-    report_status = collect(settings)
+    report_status = collect(settings).to_dict()
     assert report_status["hubspot"]["daily_remaining"] == 0
     assert report_status["hubspot"]["last_429_policy"] == "DAILY"
 

@@ -19,13 +19,13 @@ from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import Base, Contact, EmailAttempt, EmailSend, Erasure, Submission, Suppression
 from leadsync.storage.submissions import NewSubmission, store_submission
 from leadsync.worker import dead_letters, erasure
+from leadsync.worker.crm.clients import crm_client
 from leadsync.worker.crm.hubspot import HubSpotCrm
 from leadsync.worker.crm.mapping import load_mapping
 from leadsync.worker.crm.sync import flush_pending
 from leadsync.worker.mail.sending import deliver
 from leadsync.worker.mail.transport import FolderTransport
 from leadsync.worker.privacy import purge_old_submissions
-from leadsync.worker.tasks import crm_client
 from tests.conftest import apply_settings
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.stack import wait_for

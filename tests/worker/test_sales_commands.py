@@ -21,7 +21,7 @@ from sqlalchemy import select
 from leadsync.cli import main
 from leadsync.config import Settings
 from leadsync.config.settings import CONFIG_DIR
-from leadsync.contacts import all_sales_rows, export_bounds
+from leadsync.sales_view import all_sales_rows, export_bounds
 from leadsync.storage.db import get_sessionmaker, session_scope
 from leadsync.storage.models import EmailSend
 from leadsync.worker.crm.hubspot import HubSpotCrm

@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.kinds import FormKind
 from leadsync.storage.models import (
     ActivityKind,
     ActivityStatus,
@@ -50,7 +51,7 @@ from leadsync.storage.models import (
     utcnow,
 )
 from leadsync.worker.crm import followups, forms_api, notes
-from leadsync.worker.crm.hubspot import ActivityInput, CrmError, HubSpotCrm, WriteInput
+from leadsync.worker.crm.port import ActivityInput, Crm, CrmError, WriteInput
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ LEASE = timedelta(minutes=3)  # longer than one batch call with its 429 waits
 SEARCH_SETTLE = timedelta(seconds=30)  # HubSpot's search index trails writes by "a few seconds"
 FORMS_PER_FLUSH = 20  # one call each: a backlog must not eat the 100 / 10 s budget of the contact sync
 OWNER = "owner"  # a row kind of its own: the round-robin owner written to the record (once)
-PACKET = "info_packet"
-NEWSLETTER = "newsletter"
+PACKET, NEWSLETTER = FormKind.INFO_PACKET, FormKind.NEWSLETTER  # the forms whose submissions get a note
 ERROR_MAX = 2000
 
 
@@ -82,7 +82,7 @@ class _Leased:
 
 def flush_activities(
     session_factory: Callable[[], Session],
-    crm: HubSpotCrm,
+    crm: Crm,
     settings: Settings,
     synced_contact_ids: Sequence[int] = (),
 ) -> ActivityReport:
@@ -277,7 +277,7 @@ def _settle(
 # ---------------------------------------------------------------------- notes and tasks
 
 
-def _timeline(session_factory: Callable[[], Session], crm: HubSpotCrm, report: ActivityReport, kind: str) -> None:
+def _timeline(session_factory: Callable[[], Session], crm: Crm, report: ActivityReport, kind: str) -> None:
     """One batch of notes or tasks: search for the uncertain ones, create the rest in one call."""
     leased = _lease(session_factory, kind, 100)
     if not leased:
@@ -324,7 +324,7 @@ def _activity_input(kind: str, item: _Leased) -> ActivityInput:
 # ---------------------------------------------------------------------- owners
 
 
-def _owners(session_factory: Callable[[], Session], crm: HubSpotCrm, report: ActivityReport) -> None:
+def _owners(session_factory: Callable[[], Session], crm: Crm, report: ActivityReport) -> None:
     """Write the round-robin owner to records that have none; a record with an owner keeps it, and the
     contact's task goes to that owner instead. One batch read and (when some have none) one update."""
     leased = _lease(session_factory, OWNER, 100)
@@ -372,7 +372,7 @@ def _adopt(session_factory: Callable[[], Session], owners: dict[str, str]) -> No
 # ---------------------------------------------------------------------- Forms API
 
 
-def _forms(session_factory: Callable[[], Session], crm: HubSpotCrm, settings: Settings, report: ActivityReport) -> None:
+def _forms(session_factory: Callable[[], Session], crm: Crm, settings: Settings, report: ActivityReport) -> None:
     """Post up to FORMS_PER_FLUSH due submissions to HubSpot's Forms API, one call each."""
     if not settings.hubspot_portal_id or not settings.hubspot_form_guids:
         return

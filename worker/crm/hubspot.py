@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
 from hubspot import HubSpot
 from hubspot.communication_preferences import PublicUpdateSubscriptionStatusRequest
-from hubspot.communication_preferences.exceptions import ApiException as PreferencesApiException
 from hubspot.crm.contacts import (
     BatchReadInputSimplePublicObjectId,
     PublicGdprDeleteInput,
@@ -42,175 +39,35 @@ from hubspot.crm.objects.notes import (
     FilterGroup,
     PublicObjectSearchRequest,
 )
-from hubspot.crm.objects.notes.exceptions import ApiException as NotesApiException
-from hubspot.crm.objects.tasks.exceptions import ApiException as TasksApiException
 from hubspot.crm.properties import OptionInput, PropertyCreate, PropertyGroupCreate
-from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
+from leadsync.worker.crm.hubspot_wire import (
+    CallStats,
+    RetryPolicy,
+    batch_outcome,
+    chunks,
+    classify,
+    created_outcome,
+    headers_of,
+    read_json,
+)
 from leadsync.worker.crm.mapping import Mapping
+from leadsync.worker.crm.port import (
+    MAX_BATCH,
+    ActivityInput,
+    Budget,
+    CrmError,
+    CrmRateLimited,
+    CrmRejected,
+    CrmTemporaryError,
+    WriteInput,
+    WriteOutcome,
+)
 from leadsync.worker.crm.ratelimit import LIMITER_ERRORS, RateLimitBusy, RateLimiter, identity_for, memory_limiter
 
 log = logging.getLogger(__name__)
 
-API_ERRORS = (
-    ContactsApiException,
-    PropertiesApiException,
-    PreferencesApiException,
-    NotesApiException,
-    TasksApiException,
-)
-TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
-MAX_BATCH = 100  # HubSpot's limit on inputs per batch call
 CATEGORY = "HUBSPOT_DEFINED"  # the association types of notes and tasks to contacts (202, 204)
-
-
-class CrmError(Exception):
-    """Base of the failure classes below; `status` is HubSpot's HTTP status when there was one."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class CrmTemporaryError(CrmError):
-    """5xx, timeouts, connection errors (or the limiter's storage away): back off and try again."""
-
-
-class CrmRateLimited(CrmError):
-    """429, or no rate-limit slot soon enough: wait `retry_after` seconds. `policy` is HubSpot's policyName."""
-
-    def __init__(self, message: str, retry_after: float, policy: str | None = None) -> None:
-        super().__init__(message, 429)
-        self.retry_after = retry_after
-        self.policy = policy
-
-
-class CrmAuthError(CrmError):
-    """401/403: the token is wrong or lacks scopes. Retrying cannot help until a human acts."""
-
-
-class CrmRejected(CrmError):
-    """A 4xx for the whole batch; `errors` carries HubSpot's per-error details."""
-
-    def __init__(self, message: str, errors: list[dict[str, Any]], status: int = 400) -> None:
-        super().__init__(message, status)
-        self.errors = errors
-
-    @property
-    def code(self) -> str:
-        first = self.errors[0] if self.errors else {}
-        return str(first.get("code") or first.get("category") or "VALIDATION_ERROR")
-
-
-@dataclass(frozen=True)
-class WriteInput:
-    """One contact write: `key` is the email (upsert) or the HubSpot record id (update)."""
-
-    key: str
-    properties: dict[str, str]
-    trace_id: str  # our contact id: HubSpot echoes it on results and per-input errors
-
-
-@dataclass(frozen=True)
-class ActivityInput:
-    """One note or task to create on a contact's timeline (worker/crm/activities.py)."""
-
-    properties: dict[str, str]
-    contact_record_id: str  # the HubSpot contact it is associated with
-    association_type: int  # HUBSPOT_DEFINED: 202 note_to_contact, 204 task_to_contact
-    trace_id: str  # our activity row id: HubSpot echoes it on per-input errors (a 207)
-
-
-@dataclass(frozen=True)
-class InputError:
-    code: str  # HubSpot's error code, e.g. INVALID_EMAIL, PROPERTY_DOESNT_EXIST, OBJECT_NOT_FOUND
-    message: str
-
-
-@dataclass
-class WriteOutcome:
-    ids: dict[str, str] = field(default_factory=dict)  # trace id -> HubSpot record id
-    errors: dict[str, InputError] = field(default_factory=dict)  # trace id -> why HubSpot refused it
-
-    def merge(self, other: WriteOutcome) -> None:
-        self.ids.update(other.ids)
-        self.errors.update(other.errors)
-        for trace_id in other.ids:
-            self.errors.pop(trace_id, None)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard one flush tries before it gives the batch back."""
-
-    attempts: int = 4  # tries per call for 5xx, timeouts, connection errors
-    base: float = 0.5  # seconds; doubles per attempt, capped, with jitter
-    cap: float = 8.0
-    rate_limited: int = 3  # 429s absorbed (each pauses every worker) before the batch is deferred
-    max_wait: float = 5.0  # longest a call waits for a rate-limit slot before the batch is deferred
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with equal jitter: half fixed, half random, so retries spread out."""
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-@dataclass
-class CallStats:
-    """What this process saw of HubSpot; the sync persists it for `leadsync status`."""
-
-    calls: int = 0
-    rate_limited: int = 0  # 429 answers
-    retries: int = 0
-    daily_limit: int | None = None
-    daily_remaining: int | None = None
-    window_max: int | None = None
-    window_remaining: int | None = None
-    last_429_at: str | None = None
-    last_429_policy: str | None = None
-    _reported_429: int = 0  # how many of the 429s were already handed to take_stats
-
-    def snapshot(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-
-def _body(error: Any) -> dict[str, Any]:
-    try:
-        return json.loads(error.body or "{}")
-    except (TypeError, ValueError):
-        return {}
-
-
-def _headers(error_or_headers: Any) -> dict[str, str]:
-    headers = getattr(error_or_headers, "headers", error_or_headers) or {}
-    return {str(k).lower(): str(v) for k, v in headers.items()}
-
-
-def classify(error: BaseException) -> CrmError:
-    """Map a client exception to the failure class the sync acts on."""
-    if isinstance(error, CrmError):
-        return error
-    if isinstance(error, API_ERRORS):
-        status, body = error.status or 0, _body(error)
-        message = f"HubSpot {status}: {body.get('message') or error.reason}"
-        if status == 429:
-            headers = _headers(error)
-            retry_after = headers.get("retry-after")
-            interval_ms = headers.get("x-hubspot-ratelimit-interval-milliseconds")
-            wait = float(retry_after) if retry_after else float(interval_ms or 10_000) / 1000
-            return CrmRateLimited(message, wait, body.get("policyName"))
-        if status in (401, 403):
-            return CrmAuthError(message, status)
-        if status == 0 or status >= 500 or status in (408, 423):
-            return CrmTemporaryError(message, status)
-        return CrmRejected(message, body.get("errors") or [body], status)
-    if isinstance(error, TRANSPORT_ERRORS):
-        return CrmTemporaryError(f"HubSpot unreachable: {error.__class__.__name__}: {error}")
-    raise error
-
-
-def _chunks(items: Sequence[WriteInput], size: int = MAX_BATCH) -> list[Sequence[WriteInput]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class HubSpotCrm:
@@ -246,12 +103,20 @@ class HubSpotCrm:
     def __repr__(self) -> str:  # never show the token
         return f"HubSpotCrm(timeout={self.timeout}, limiter={self.limiter!r})"
 
-    def take_stats(self) -> tuple[dict[str, Any], int]:
-        """The stats, and the 429s seen since the last call (the sync adds them to the shared count)."""
+    def budget(self) -> Budget:
+        """What this process saw of HubSpot so far, and the limiter's rate."""
+        with self._stats_lock:
+            return self._budget()
+
+    def take_budget(self) -> tuple[Budget, int]:
+        """The budget, and the 429s seen since the last take (the sync adds them to the shared count)."""
         with self._stats_lock:
             new = self.stats.rate_limited - self.stats._reported_429
             self.stats._reported_429 = self.stats.rate_limited
-            return self.stats.snapshot(), new
+            return self._budget(), new
+
+    def _budget(self) -> Budget:
+        return Budget(rate_limit=self.limiter.limit, **self.stats.snapshot())
 
     # ------------------------------------------------------------------ one path for every call
 
@@ -282,7 +147,7 @@ class HubSpotCrm:
                     rate_limited += 1
                     # HubSpot rarely sends Retry-After on the 10-second window; then a short pause is enough,
                     # because `observe` has already marked our window as full as HubSpot's.
-                    pause = error.retry_after if "retry-after" in _headers(raw) else 1.0
+                    pause = error.retry_after if "retry-after" in headers_of(raw) else 1.0
                     if error.policy == "DAILY":
                         pause = max(pause, 900.0)
                     self._pause(pause)
@@ -310,7 +175,7 @@ class HubSpotCrm:
             log.warning("could not record the HubSpot pause: %s", error)
 
     def _observe(self, headers: Any, error: CrmError | None) -> None:
-        found = _headers(headers)
+        found = headers_of(headers)
         with self._stats_lock:
             self.stats.calls += 1
             for name, attribute in (
@@ -341,7 +206,7 @@ class HubSpotCrm:
         listing it instead of rejecting the whole batch.
         """
         outcome = WriteOutcome()
-        for chunk in _chunks(inputs):
+        for chunk in chunks(inputs):
             batch = {
                 "inputs": [
                     {
@@ -353,24 +218,24 @@ class HubSpotCrm:
                     for item in chunk
                 ]
             }
-            response = self._json(self._call(self._batch.upsert_with_http_info, batch, _preload_content=False))
-            outcome.merge(self._outcome(response, by_email={item.key.lower(): item.trace_id for item in chunk}))
+            response = read_json(self._call(self._batch.upsert_with_http_info, batch, _preload_content=False))
+            outcome.merge(batch_outcome(response, by_email={item.key.lower(): item.trace_id for item in chunk}))
         return outcome
 
     def update_by_id(self, inputs: Sequence[WriteInput]) -> WriteOutcome:
         """Batch updates by HubSpot record id (at most 100 a call): a changed email never makes a duplicate."""
         outcome = WriteOutcome()
-        for chunk in _chunks(inputs):
+        for chunk in chunks(inputs):
             batch = {
                 "inputs": [
                     {"id": item.key, "objectWriteTraceId": item.trace_id, "properties": item.properties}
                     for item in chunk
                 ]
             }
-            response = self._json(self._call(self._batch.update_with_http_info, batch, _preload_content=False))
+            response = read_json(self._call(self._batch.update_with_http_info, batch, _preload_content=False))
             # HubSpot does not always echo the trace id on updates: the record id we sent names the input too
             # (without it, an updated contact would stay pending and be written again on every flush).
-            outcome.merge(self._outcome(response, by_id={item.key: item.trace_id for item in chunk}))
+            outcome.merge(batch_outcome(response, by_id={item.key: item.trace_id for item in chunk}))
         return outcome
 
     def owners_of(self, record_ids: Sequence[str]) -> dict[str, str | None]:
@@ -454,7 +319,7 @@ class HubSpotCrm:
                 ]
             }
             raw = self._call(api.create_with_http_info, body, once=True, _preload_content=False)
-            outcome.merge(self._created(json.loads(raw.data or b"{}"), [item.trace_id for item in chunk]))
+            outcome.merge(created_outcome(json.loads(raw.data or b"{}"), [item.trace_id for item in chunk]))
         return outcome
 
     def find_activities(self, object_type: str, property_name: str, tokens: Sequence[str]) -> dict[str, str]:
@@ -502,50 +367,6 @@ class HubSpotCrm:
             error.body, error.headers = response.data.decode(errors="replace"), dict(response.headers)
             raise error
         return response.data, response.status, response.headers
-
-    @staticmethod
-    def _created(response: dict[str, Any], trace_ids: list[str]) -> WriteOutcome:
-        """Ids of created notes/tasks by trace id, and the inputs a 207 refused (HubSpot's JSON answer)."""
-        outcome = WriteOutcome()
-        results = response.get("results") or []
-        errors = response.get("errors") or []
-        for error in errors:
-            code = ((error.get("errors") or [{}])[0] or {}).get("code") or error.get("category") or "ERROR"
-            for trace_id in (error.get("context") or {}).get("objectWriteTraceId", []):
-                outcome.errors[str(trace_id)] = InputError(str(code), str(error.get("message") or code))
-        # Without the echo, order is all there is: trusted only when every input came back (no 207).
-        in_order = not errors and len(results) == len(trace_ids)
-        for index, record in enumerate(results):
-            trace_id = record.get("objectWriteTraceId") or (trace_ids[index] if in_order else None)
-            if trace_id:
-                outcome.ids[str(trace_id)] = str(record["id"])
-        return outcome
-
-    @staticmethod
-    def _json(raw: Any) -> dict[str, Any]:
-        """A batch answer read as JSON: the client's models cost ~1 ms an object to build (a Configuration copy,
-        dateutil for every timestamp), 80 ms a batch of 100, the largest CPU cost of a flush."""
-        return json.loads(raw.data or b"{}")
-
-    @staticmethod
-    def _outcome(
-        response: dict[str, Any], by_email: dict[str, str] | None = None, by_id: dict[str, str] | None = None
-    ) -> WriteOutcome:
-        outcome = WriteOutcome()
-        for record in response.get("results") or []:
-            trace_id = record.get("objectWriteTraceId")
-            if not trace_id:  # answers without the echo: match upserts by email, updates by record id
-                email = ((record.get("properties") or {}).get("email") or "").lower()
-                trace_id = (by_email or {}).get(email) or (by_id or {}).get(str(record.get("id")))
-            if trace_id:
-                outcome.ids[str(trace_id)] = str(record["id"])
-        for error in response.get("errors") or []:
-            details = error.get("errors") or []
-            first = (details[0] or {}) if details else {}
-            code = str(first.get("code") or error.get("category") or "ERROR")
-            for trace_id in (error.get("context") or {}).get("objectWriteTraceId", []):
-                outcome.errors[str(trace_id)] = InputError(code, str(error.get("message") or code))
-        return outcome
 
     # ------------------------------------------------------------------ properties
 

@@ -17,12 +17,12 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+from leadsync.kinds import FormKind
 from leadsync.storage.models import Submission
 
 BODY = "hs_note_body"
 ASSOCIATION_NOTE_TO_CONTACT = 202  # HUBSPOT_DEFINED note_to_contact
 TOKEN_PREFIX = "lsref"
-PACKET_FORM = "info_packet"
 UTM_NAMES = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
 
@@ -49,7 +49,7 @@ def page_title(submission: Submission) -> str | None:
 def lines(submission: Submission, confirmed_at: datetime | None) -> tuple[str, list[str]]:
     """The heading and the facts, as plain text (the CLI shows the same)."""
     fields = submission.fields or {}
-    packet = submission.form == PACKET_FORM
+    packet = submission.form == FormKind.INFO_PACKET
     heading = "Information packet requested" if packet else "Newsletter sign-up confirmed"
     facts: list[str] = []
     if packet and fields.get("interest"):

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from leadsync.worker.crm.hubspot import CrmRejected, HubSpotCrm, InputError
+from leadsync.kinds import NewsletterStatus
+from leadsync.worker.crm.port import Crm, CrmRejected, InputError
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBED, UNSUBSCRIBED = "subscribed", "unsubscribed"
+SUBSCRIBED, UNSUBSCRIBED = NewsletterStatus.SUBSCRIBED, NewsletterStatus.UNSUBSCRIBED
 LEGAL_BASIS = "CONSENT_WITH_NOTICE"  # the person asked for it and confirmed it (or withdrew it)
 
 
@@ -82,7 +83,7 @@ def already(error: CrmRejected, subscribe: bool) -> bool:
     return error.status == 400 and wanted in str(error).lower()
 
 
-def push(crm: HubSpotCrm, subscription_id: str, changes: Mapping[int, PreferenceChange], outcome: PushOutcome) -> None:
+def push(crm: Crm, subscription_id: str, changes: Mapping[int, PreferenceChange], outcome: PushOutcome) -> None:
     """One call per change, in order; fills `outcome` as it goes.
 
     A refusal (other than "already") is recorded for that contact and the others go on; a 429, an outage

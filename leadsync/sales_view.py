@@ -29,9 +29,9 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from leadsync.config import Settings
+from leadsync.kinds import EmailKind
 from leadsync.storage.models import Contact, EmailSend
 
-PACKET_KIND = "info_packet"
 HUBSPOT_APP_URL = "https://app.hubspot.com"
 FORMULA_STARTS = frozenset("=+-@\t\r")
 
@@ -66,7 +66,7 @@ def _packets(session: Session, contact_ids: list[int]) -> dict[int, tuple[str, d
         return {}
     sends = session.execute(
         select(EmailSend.contact_id, EmailSend.created_at, EmailSend.status, EmailSend.sent_at).where(
-            EmailSend.kind == PACKET_KIND, EmailSend.contact_id.in_(contact_ids)
+            EmailSend.kind == EmailKind.INFO_PACKET, EmailSend.contact_id.in_(contact_ids)
         )
     )
     for contact_id, created_at, status, sent_at in sends:

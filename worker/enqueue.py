@@ -1,4 +1,5 @@
-"""Enqueueing by task name: what the HTTP edge may call without importing the worker's code.
+"""Enqueueing by task name: what the HTTP edge may call without importing the worker's code; and the
+broker queries of `leadsync status` and /readyz (`broker_ping`, `queue_depths`).
 
 Publishing is best effort. The database row is the record of work to do; when the broker is
 down the sweeper enqueues it later, so a failed publish never fails a request.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from leadsync.worker.celery_app import TASK_ROUTES, app
+from leadsync.worker.celery_app import QUEUES, TASK_ROUTES, app
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +49,22 @@ def broker_ping(timeout: float = 2.0) -> None:
     """Raises when the broker does not answer within `timeout` (for /readyz and `leadsync status`)."""
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+
+
+def queue_depths() -> dict[str, int | None]:
+    """Messages waiting in each Celery queue; None where the transport cannot count.
+
+    Redis: the queue's list (and its priority lists); filesystem: the queue's `.msg` files. Both through
+    kombu's own `_size`, so the naming stays kombu's business. Messages a worker holds unacked are not
+    counted here: they are in flight, and the outbox gauges cover them.
+    """
+    depths: dict[str, int | None] = {}
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+        channel = connection.default_channel
+        for queue in QUEUES:
+            try:
+                depths[queue] = int(channel._size(queue))
+            except Exception:  # a transport without sizes, or a queue it does not know yet
+                depths[queue] = None
+    return depths
