@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from leadsync.worker.crm.mapping import Mapping
@@ -112,6 +113,14 @@ class StubCrm:
         self._call("owners_of", record_ids)
         return {rid: self.records[rid].get("hubspot_owner_id") or None for rid in record_ids if rid in self.records}
 
+    def read_properties(self, record_ids: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, str]]:
+        self._call("read_properties", record_ids)
+        return {
+            rid: {name: self.records[rid][name] for name in names if self.records[rid].get(name) is not None}
+            for rid in record_ids
+            if rid in self.records
+        }
+
     # ------------------------------------------------------------------ timeline, forms, consent
 
     def create_activities(self, object_type: str, inputs: Sequence[ActivityInput]) -> WriteOutcome:
@@ -135,6 +144,12 @@ class StubCrm:
     def submit_form(self, url: str, payload: dict[str, Any]) -> None:
         self._call("submit_form", [url])
         self.forms.append((url, payload))
+        # As HubSpot does: the contact the submission names gets the submission's time as its conversion.
+        email = next((f["value"].lower() for f in payload.get("fields", []) if f.get("name") == "email"), None)
+        record_id = self.record_of(email) if email else None
+        if record_id is not None and payload.get("submittedAt"):
+            at = datetime.fromtimestamp(int(payload["submittedAt"]) / 1000, UTC).isoformat(timespec="milliseconds")
+            self.records[record_id]["recent_conversion_date"] = at.replace("+00:00", "Z")
 
     def set_subscription(
         self, email: str, subscription_id: str, subscribed: bool, legal_basis: str, explanation: str
