@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import formatdate
@@ -56,6 +56,22 @@ _NAME = re.compile(r"[^\W\d_]+(?:\.?[ '\u2019-][^\W\d_]+)*\.?")
 NAME_MAX = 60
 
 
+class _CachedHeaderRegistry(HeaderRegistry):
+    """CPython's registry builds a new class for every header it makes (`type()` in `__getitem__`, ~30 us under
+    load, 22 headers an email: a third of `compose`); the class depends on the name only, so build it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(name)
+        return cls
+
+
 class WirePolicy(EmailPolicy):
     """`email.policy.default`, except that the structured headers in VERBATIM_HEADERS are never refolded."""
 
@@ -70,7 +86,7 @@ class WirePolicy(EmailPolicy):
         return super().fold_binary(name, value)
 
 
-WIRE_POLICY = WirePolicy()
+WIRE_POLICY = WirePolicy(header_factory=_CachedHeaderRegistry())
 
 
 def templates_dir(settings: Settings) -> Path:
