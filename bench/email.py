@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from bench.processes import Proc, RssSampler, free_port, start_services, wait_http
+from bench.processes import Proc, RssSampler, cpu_seconds, descendants, free_port, start_services, wait_http
 from tests.support.services import SmtpSink
 
 TARGET_PER_SECOND = 300
@@ -66,6 +66,11 @@ def post_all(url: str, count: int, run: str) -> int:
 
     with ThreadPoolExecutor(16) as pool:
         return sum(pool.map(post, [range(i, count, 16) for i in range(16)]))
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by a process and everything under it (the worker and its pool)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in [root, *descendants(root)])
 
 
 def scalar(dsn: str, sql: str) -> int:
@@ -112,12 +117,13 @@ def main() -> int:
                 RssSampler({"worker": worker.pid}) as rss,
             ):
                 first = last = None
+                cpu_first = 0.0
                 deadline = time.monotonic() + 600
                 while len(sink.raw) < queued and time.monotonic() < deadline and worker.alive:
                     if first is None and sink.raw:
-                        first = time.monotonic()
+                        first, cpu_first = time.monotonic(), tree_cpu(worker.pid)
                     time.sleep(0.02)
-                last = time.monotonic()
+                last, worker_cpu = time.monotonic(), tree_cpu(worker.pid) - cpu_first
                 time.sleep(1)  # a second copy of anything would arrive now
             sent = scalar(dsn, "SELECT count(*) FROM email_sends WHERE status = 'sent'")
             peak = rss.largest("worker")
@@ -134,6 +140,8 @@ def main() -> int:
         "seconds_first_to_last": round(seconds, 2), "emails_per_second": round(rate),
         "smtp_connections": sink.commands.count("EHLO") + sink.commands.count("HELO"),
         "worker_peak_rss_mb": round(peak.peak_mb, 1) if peak else None,
+        "worker_cpu_seconds_first_to_last": round(worker_cpu, 2),
+        "worker_cpu_ms_per_email": round(worker_cpu * 1000 / queued, 2) if queued else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }  # fmt: skip
     checks = [
