@@ -167,6 +167,7 @@ def send_emails(send_ids: list[str]) -> dict[str, int]:
         return {"done": 0}
     done = 0
     for send_id, delivery in report.deliveries.items():
+        logs.bind(submission_id=delivery.submission_id, email_send_id=send_id)  # the lead's id on its lines
         _log_delivery(send_id, delivery)
         if delivery.status == "retry":
             signatures.enqueue_email(send_id, countdown=delivery.retry_in)
@@ -175,6 +176,7 @@ def send_emails(send_ids: list[str]) -> dict[str, int]:
     for send_id in report.errors:
         log.error("email %s failed in a batch; retrying it on its own", send_id, exc_info=report.errors[send_id])
         signatures.enqueue_email(send_id)
+    logs.unbind("email_send_id", "submission_id")
     return {"done": done}
 
 

@@ -14,9 +14,9 @@ Message-ID, so most mail clients fold them).
 Batches (`deliver_batch`, issue 18): one transaction claims up to RECORD_EVERY emails (their own, then any
 other due ones, oldest first, up to `drain`), they go out over the transport's held connection, and one
 transaction records their outcomes and claims the next RECORD_EVERY. Per email that was two transactions and
-~8 statements (24 emails/s measured); now it is ~5 statements per 25 emails. The price is the window above:
-it spans at most RECORD_EVERY messages (~80 ms at 300 emails/s) instead of one, and a SIGKILL leaves at most
-RECORD_EVERY claimed rows to the lease. Each row still moves through the same states one by one.
+~8 statements (24 emails/s measured); now it is ~6 statements and one commit per 25 emails. The price is the
+window above: it spans at most RECORD_EVERY messages (~80 ms at 300 emails/s) instead of one, and a SIGKILL
+leaves at most RECORD_EVERY claimed rows to the lease. Each row still moves through the same states one by one.
 
 Example:
     >>> outcome = deliver(session_factory, send_id, transport, settings)
@@ -58,6 +58,7 @@ class Delivery:
     status: str  # sent | retry | failed | skipped
     retry_in: float | None = None  # seconds, for status == retry
     error: str | None = None
+    submission_id: str | None = None  # the lead's, for the log lines about this email
 
 
 @dataclass
@@ -236,9 +237,12 @@ def _send_chunk(chunk: list[_Claimed], transport: MailTransport, settings: Setti
             log.exception("email %s: unexpected error while sending", claimed.send_id)
             report.errors[claimed.send_id] = error
             stopped = TemporaryMailError("not sent: the batch stopped at an unexpected error")
-            outcomes += [(rest, Delivery(EmailStatus.RETRY, 0.0, str(stopped)), stopped) for rest in chunk[index + 1 :]]
+            outcomes += [
+                (rest, Delivery(EmailStatus.RETRY, 0.0, str(stopped), rest.submission_id), stopped)
+                for rest in chunk[index + 1 :]
+            ]
             break
-        outcomes.append((claimed, Delivery(EmailStatus.SENT), None))
+        outcomes.append((claimed, Delivery(EmailStatus.SENT, submission_id=claimed.submission_id), None))
     logs.unbind("submission_id", "email_send_id")
     return outcomes
 
@@ -248,9 +252,9 @@ def _failure(claimed: _Claimed, error: MailError, settings: Settings) -> Deliver
     # must not turn into lost packets.
     expired = (utcnow() - claimed.created_at).total_seconds() > settings.email_give_up_after_seconds
     if isinstance(error, PermanentMailError) or expired:
-        return Delivery(EmailStatus.FAILED, None, str(error))
+        return Delivery(EmailStatus.FAILED, None, str(error), claimed.submission_id)
     delay = backoff(claimed.attempts, base=settings.email_retry_base_seconds, cap=settings.email_retry_max_seconds)
-    return Delivery(EmailStatus.RETRY, delay, str(error))
+    return Delivery(EmailStatus.RETRY, delay, str(error), claimed.submission_id)
 
 
 def _record(session: Session, outcomes: _Outcomes) -> None:
