@@ -120,15 +120,15 @@ class StampingHubSpot(HubSpotEmulator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.created = Stamps()
-        self.updated = Stamps()
+        self.created_at = Stamps()  # (the emulator's own `created` counts records)
+        self.updated_at = Stamps()
 
-    def _commit(self, write: Any, *, upsert: bool) -> dict[str, Any]:  # runs under the emulator's lock
-        out = super()._commit(write, upsert=upsert)
+    def _commit(self, write: Any, *, upsert: bool, **options: Any) -> dict[str, Any]:  # under the emulator's lock
+        out = super()._commit(write, upsert=upsert, **options)
         at = time.monotonic()
         email = self.contacts[out["id"]]["properties"].get("email")
         if email:
-            (self.created if write.record_id is None else self.updated).note(email, at)
+            (self.created_at if write.record_id is None else self.updated_at).note(email, at)
         return out
 
 
@@ -181,7 +181,7 @@ def _warm_up(stack: LeadsyncStack, smtp: StampingSmtpSink, hub: StampingHubSpot,
         if response.status_code != 202:
             raise RuntimeError(f"warm-up post answered {response.status_code}: {response.text[:300]}")
     deadline = time.monotonic() + 60
-    while not all(smtp.packets.first(e) and hub.created.first(e) for e in emails):
+    while not all(smtp.packets.first(e) and hub.created_at.first(e) for e in emails):
         if time.monotonic() > deadline:
             raise RuntimeError("warm-up people got no email or no HubSpot contact within 60 s")
         time.sleep(0.05)
@@ -195,7 +195,7 @@ def _wait_delivered(people: list[Person], smtp: StampingSmtpSink, hub: StampingH
     last_report = time.monotonic()
     while (no_mail or no_contact) and time.monotonic() < deadline:
         no_mail = {e for e in no_mail if smtp.packets.first(e) is None}
-        no_contact = {e for e in no_contact if hub.created.first(e) is None}
+        no_contact = {e for e in no_contact if hub.created_at.first(e) is None}
         if time.monotonic() - last_report > 5:
             last_report = time.monotonic()
             n = len(accepted)
@@ -267,7 +267,7 @@ def analyse(
 ) -> Results:
     ours = {p.email for p in people}
     accepted = [p for p in people if p.status == "202" and p.answered is not None]
-    packets, created, updated = smtp.packets.snapshot(), hub.created.snapshot(), hub.updated.snapshot()
+    packets, created, updated = smtp.packets.snapshot(), hub.created_at.snapshot(), hub.updated_at.snapshot()
     other_mail = smtp.others.snapshot()
 
     to_email = [packets[p.email][0] - p.answered for p in accepted if p.email in packets]

@@ -68,6 +68,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # broker that is down (the sweeper publishes later). Consumers reconnect on their own.
             "max_retries": 0,
             "socket_connect_timeout": 2,
+            # BRPOP the queues in the order the worker lists them (`leadsync worker`: intake, then email), not
+            # round robin: under a burst, intake (seconds of work that makes the contacts the CRM sync waits
+            # for) goes before an email backlog (bench/burst.py; issue 18).
+            "queue_order_strategy": "priority",
         }
     return {
         "broker_url": url,

@@ -27,8 +27,8 @@ from leadsync.worker.crm.sync import flush_pending
 from leadsync.worker.intake import IntakeResult
 from leadsync.worker.intake import process_submission as process_submission_rule
 from leadsync.worker.intake import process_submissions as process_submissions_rule
-from leadsync.worker.mail.sending import Delivery, backoff, deliver
-from leadsync.worker.mail.transport import MailTransport, transport_from_settings
+from leadsync.worker.mail.sending import Delivery, backoff, deliver, deliver_batch
+from leadsync.worker.mail.transport import MESSAGES_PER_CONNECTION, MailTransport, transport_from_settings
 from leadsync.worker.privacy import purge_old_submissions
 from leadsync.worker.sweeper import find_due_work, mark_published
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 UNEXPECTED_ERROR_RETRIES = 3
 SWEEP_BATCH = 100  # submissions a message when the sweeper publishes again
+EMAIL_BATCH = MESSAGES_PER_CONNECTION  # emails a send_emails task drains: one SMTP connection's worth (100)
 
 
 def _give_up(kind: str, ref: str, task: str, error: Exception, attempts: int) -> None:
@@ -129,23 +130,32 @@ def _intake_summary(result: IntakeResult) -> str:
 
 @app.task(name="leadsync.send_emails")
 def send_emails(send_ids: list[str]) -> dict[str, int]:
-    """Many queued emails from one message; one needing a retry or failing oddly goes on alone to `send_email`."""
-    transport, settings, done = mail_transport(), get_settings(), 0
-    with transport.batch():  # one SMTP connection for the batch (worker/mail/transport.py)
+    """The message's queued emails and, up to EMAIL_BATCH in all, any other due ones, over one SMTP connection.
+
+    Draining makes the batch as large as the backlog, not as the web's group commit (~7 posts under a burst):
+    the messages behind it then find their emails sent and finish at once. One needing a retry goes on alone
+    to `send_email` after its backoff; one failing oddly goes there at once.
+    """
+    transport, settings = mail_transport(), get_settings()
+    try:
+        with transport.batch():  # one SMTP connection for the batch (worker/mail/transport.py)
+            report = deliver_batch(get_sessionmaker(), send_ids, transport, settings, drain=EMAIL_BATCH)
+    except Exception:  # e.g. the database away: what was recorded stays; the rest is retried one by one
+        log.exception("a batch of %d emails failed; retrying them one by one", len(send_ids))
         for send_id in send_ids:
-            logs.unbind("submission_id")
-            logs.bind(email_send_id=send_id)
-            try:
-                delivery = deliver(get_sessionmaker(), send_id, transport, settings)
-            except Exception:
-                log.exception("email %s failed in a batch; retrying it on its own", send_id)
-                enqueue.enqueue_email(send_id)
-                continue
-            _log_delivery(send_id, delivery)
-            if delivery.status == "retry":
-                enqueue.enqueue_email(send_id, countdown=delivery.retry_in)
-            elif delivery.status != "failed":
-                done += 1  # sent, or nothing to do (already sent)
+            enqueue.enqueue_email(send_id)
+        return {"done": 0}
+    done = 0
+    for send_id, delivery in report.deliveries.items():
+        logs.bind(submission_id=delivery.submission_id, email_send_id=send_id)  # the lead's id on its lines
+        _log_delivery(send_id, delivery)
+        if delivery.status == "retry":
+            enqueue.enqueue_email(send_id, countdown=delivery.retry_in)
+        elif delivery.status != "failed":
+            done += 1  # sent, or nothing to do (already sent)
+    for send_id in report.errors:
+        log.error("email %s failed in a batch; retrying it on its own", send_id, exc_info=report.errors[send_id])
+        enqueue.enqueue_email(send_id)
     logs.unbind("email_send_id", "submission_id")
     return {"done": done}
 
