@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from leadsync.worker import signatures
+from leadsync.worker import enqueue
 from tests.conftest import apply_settings
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink
@@ -72,7 +72,7 @@ def test_the_worker_takes_intake_before_a_waiting_email_backlog(
 
     apply_settings(monkeypatch, {key: stack.env[key] for key in ("BROKER_URL", "DATABASE_URL", "VAR_DIR")})
     for n in range(3):  # an email backlog (ids of nothing: each message is quick once it runs)
-        assert signatures.enqueue_emails([f"no-such-email-{n}"])
+        assert enqueue.enqueue_emails([f"no-such-email-{n}"])
     for address in ("second@example.org", "third@example.org"):
         assert stack.post("info-packet", {"email": address, "first_name": "Lead"}).status_code == 202
 
