@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +39,7 @@ from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from leadsync import logs
+from leadsync.backoff import jittered
 from leadsync.config import Settings
 from leadsync.storage.models import Contact, EmailAttempt, EmailSend, EmailStatus, utcnow
 from leadsync.worker import dead_letters
@@ -86,7 +86,7 @@ _Outcomes = list[tuple[_Claimed, Delivery, MailError | None]]  # the error for a
 
 def backoff(attempt: int, base: float = 5.0, cap: float = 900.0) -> float:
     """Exponential backoff with full jitter: 5 s, 10 s, 20 s ... capped, randomized so retries spread."""
-    return random.uniform(base / 2, min(cap, base * 2 ** (attempt - 1)))
+    return jittered(attempt, base, cap, floor=base / 2)
 
 
 def _claimable(now: datetime, lease: timedelta) -> ColumnElement[bool]:
