@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.processes import BENCH_FORM_TOKEN_SECRET
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MEASURED_TOKEN, NAIVE_TOKEN, SETUP_TOKEN = "bench-app", "naive-app", "setup-app"
@@ -59,7 +61,7 @@ def _configure(workdir: Path, hub_url: str, token: str, rate_limit: int, redis_u
         HUBSPOT_BASE_URL=hub_url,
         HUBSPOT_RATE_LIMIT=str(rate_limit),
         LOG_LEVEL="WARNING",
-        FORM_TOKEN_SECRET="bench-form-token-secret-0123456789abcdef",  # required outside dev mode
+        FORM_TOKEN_SECRET=BENCH_FORM_TOKEN_SECRET,  # required outside dev mode
     )
 
 

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.processes import BENCH_FORM_TOKEN_SECRET
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PAGE = 1000
@@ -85,7 +87,7 @@ def main() -> int:
         os.environ.update(
             DATABASE_URL=server.url,
             VAR_DIR=str(workdir),
-            FORM_TOKEN_SECRET="bench-form-token-secret-0123456789abcdef",
+            FORM_TOKEN_SECRET=BENCH_FORM_TOKEN_SECRET,
             LOG_LEVEL="WARNING",
         )
         from leadsync.storage.migrate import upgrade

@@ -58,6 +58,8 @@ __all__ = [
     "wait_http",
 ]
 
+BENCH_FORM_TOKEN_SECRET = "bench-form-token-secret-0123456789abcdef"  # web and worker refuse to start without one
+
 
 # --------------------------------------------------------------------------- Redis + PostgreSQL
 
@@ -94,7 +96,7 @@ class Services:
             # No SMTP_HOST: the embedded outbox, which only dev mode may start with; a fixed secret, since
             # `leadsync web|worker` refuse to start without one (README, Commands).
             "DEV_MODE": "1",
-            "FORM_TOKEN_SECRET": "bench-form-token-secret-0123456789abcdef",
+            "FORM_TOKEN_SECRET": BENCH_FORM_TOKEN_SECRET,
             "PYTHONUNBUFFERED": "1",
         }
         env.update(overrides)

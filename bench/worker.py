@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.processes import RssSampler, start_services
+from bench.processes import BENCH_FORM_TOKEN_SECRET, RssSampler, start_services
 
 TARGET_PER_SECOND = 300
 
@@ -44,6 +44,10 @@ def leadsync_env(services: dict[str, str], workdir: Path, **extra: str) -> dict[
         "LOG_LEVEL": "WARNING",  # a log line a submission would be part of what is measured
         "RATE_LIMIT_PER_IP": "",
         "RATE_LIMIT_PER_EMAIL": "",
+        # No SMTP_HOST: the embedded outbox, which only dev mode may start with (README, Commands).
+        "DEV_MODE": "1",
+        "SMTP_HOST": "",
+        "FORM_TOKEN_SECRET": BENCH_FORM_TOKEN_SECRET,
         **extra,
     }
     os.environ.update(env)  # leadsync's settings are read from the environment, here too
