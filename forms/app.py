@@ -153,8 +153,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(Mount(f"/static/{SNIPPET_VERSION}", SnippetFiles(directory=str(static)), name="static"))
     if settings.dev_mode:
         routes.append(Route("/", demo, methods=["GET"]))
+    spam_guard = SpamGuard(settings)  # rate-limit counters live as long as the app
     group_commit = GroupCommit(
-        store_batch, enqueue_submissions, settings.intake_batch_max, max_queue=settings.intake_queue_max
+        store_batch,
+        enqueue_submissions,
+        settings.intake_batch_max,
+        max_queue=settings.intake_queue_max,
+        count=spam_guard.count,
     )
     middleware = [
         Middleware(UnwrapMappedClient),  # first: every rule after it sees 203.0.113.9, not ::ffff:203.0.113.9
@@ -174,7 +179,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={Overloaded: overloaded})
     app.state.settings = settings
-    app.state.spam_guard = SpamGuard(settings)  # rate-limit counters live as long as the app
+    app.state.spam_guard = spam_guard
     app.state.group_commit = group_commit
     app.state.openapi = openapi_document()
     app.state.metrics = metrics.web_registry(settings)

@@ -28,6 +28,8 @@ Parameters:
     max_batch: the most submissions in one transaction, and in one published message.
     max_queue: the most submissions waiting for a transaction (the one being committed not counted);
         one more raises `Overloaded`, which the app answers 503 with Retry-After.
+    count: sets each post's final spam reason for the whole batch (the rate limits: forms/spam.py
+        `SpamGuard.count`), in the writer's thread before the transaction; None: stored as given.
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ class GroupCommit:
         publish: Callable[[list[str]], Any],
         max_batch: int = 200,
         max_queue: int = 1000,
+        count: Callable[[Sequence[NewSubmission]], list[NewSubmission]] | None = None,
     ) -> None:
         self._store = store
+        self._count = count
         self._publish = publish
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -128,6 +132,8 @@ class GroupCommit:
                     future.set_result(outcome)
 
     def _commit_and_publish(self, batch: list[NewSubmission]) -> list[StoreOutcome]:
+        if self._count is not None:
+            batch = self._count(batch)  # the rate limits: one Redis round trip a batch, before the transaction
         try:
             outcomes = self._store(batch)
         except Exception as error:

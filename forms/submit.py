@@ -59,8 +59,8 @@ async def submit(request: Request) -> Response:
 
     new = _new_submission(request, form, parsed, payload, key)
     # The same rules for every form and encoding; spam is counted and answered like a success (forms/spam.py).
-    reason = await _guard(request).decide(parsed, new.email, new.ip)
-    new = replace(new, spam_reason=reason)
+    # The rate limits are counted for the whole batch by the group-commit writer (SpamGuard.count).
+    new = replace(new, spam_reason=_guard(request).content_reason(parsed))
     try:
         outcome = await request.app.state.group_commit.store(new)
     except SQLAlchemyError:  # logged once for the whole batch (forms/group_commit.py)
