@@ -18,10 +18,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
+from starlette.types import Receive, Scope, Send
 
 from leadsync.config import Settings
 from leadsync.forms.app import OVERLOADED_MESSAGE, create_app
 from leadsync.forms.group_commit import ADMISSION_DEADLINE_SECONDS, ARRIVED, GroupCommit, Overloaded
+from leadsync.forms.shedding import ShedLoad
 from leadsync.forms.submit import store_batch
 from leadsync.storage.models import Submission
 from leadsync.storage.submissions import NewSubmission
@@ -173,3 +175,54 @@ def test_a_post_that_reaches_the_commit_past_its_deadline_is_shed_and_not_stored
     with engine.connect() as connection:
         assert set(connection.scalars(select(Submission.email))) == {"on-time@example.org"}
     engine.dispose()
+
+
+def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
+    # The door alone (forms/shedding.py) in front of an endpoint that answers 202 when the test lets it; the
+    # clock is the test's, so the measured rate is exact: 32 posts answered in the first 0.5 s = 64 posts/s.
+    now = [0.0]
+    release = asyncio.Event()
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    door = ShedLoad(
+        endpoint,
+        GroupCommit(store_batch, enqueue_submissions),
+        max_in_flight=100,
+        min_in_flight=2,
+        clock=lambda: now[0],
+    )
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=door)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            post = lambda: client.post("/forms/newsletter", json={"email": "a@example.org"})  # noqa: E731
+            # No rate known yet: a burst is admitted past the estimate's limit (up to max_in_flight).
+            burst = [asyncio.create_task(post()) for _ in range(12)]
+            await wait_until(lambda: door.in_flight == 12, "the burst was not admitted")
+            release.set()
+            assert [answer.status_code for answer in await asyncio.gather(*burst)] == [202] * 12
+            release.clear()
+            assert door.rate is None  # 12 answers at t=0: no window has closed
+            release.set()
+            for step in range(1, 21):  # 20 more answers over the next 0.5 s: the window closes at 64 posts/s
+                now[0] = step * 0.025
+                assert (await post()).status_code == 202
+            assert door.rate == pytest.approx(32 / 0.5)
+            release.clear()
+            # 64 posts/s and a 0.2 s target: with 12 in flight a new post waits 0.19 s (admitted), with 13
+            # 0.203 s (shed).
+            held = [asyncio.create_task(post()) for _ in range(13)]
+            await wait_until(lambda: door.in_flight == 13, "13 posts were not admitted")
+            shed = await asyncio.wait_for(post(), timeout=5)
+            assert door.in_flight == 13
+            release.set()
+            assert [answer.status_code for answer in await asyncio.gather(*held)] == [202] * 13
+
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "2"
+        assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
+
+    asyncio.run(scenario())
