@@ -124,7 +124,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=600,
         ),
         Middleware(
-            ShedLoad, group_commit=group_commit, max_in_flight=settings.intake_max_in_flight
+            ShedLoad,
+            group_commit=group_commit,
+            max_in_flight=settings.intake_max_in_flight,
+            suspect=spam_guard.suspect,
         ),  # inside CORS: a browser can read the 503 and retry
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={Overloaded: overloaded})

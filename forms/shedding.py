@@ -2,8 +2,17 @@
 would only make it (and everyone behind it) wait past the point a visitor gives up.
 
 A post is turned away when this process already has INTAKE_MAX_IN_FLIGHT posts in progress, when the
-group-commit queue is full, or when the wait it would see, estimated by Little's law from what the process
-just did (posts in flight / posts answered a second over the last half second), passes TARGET_WAIT_SECONDS.
+group-commit queue is full, when its client address sent spam within the last minute and already has
+SUSPECT_MAX_IN_FLIGHT posts in progress, or when the wait it would see, estimated by Little's law from what
+the process just did (posts in flight / posts answered a second over the last half second), passes
+TARGET_WAIT_SECONDS.
+
+Why a cap for spamming addresses: a flood comes from few addresses over many connections (`./bench/run
+flood`: one address, 64 connections at full speed). Its spam is answered like a success once parsed, but
+the parsing is the CPU real visitors need; capped, the flood holds two slots and waits out
+SHED_PAUSE_SECONDS on each other connection, and real visitors still find the door open. Only addresses
+the spam rules caught are capped (forms/spam.py `SpamGuard.suspect`): many honest posts from one address
+(a proxy not trusted for X-Forwarded-For, the test suites) are not.
 
 Why an estimate and not only a fixed in-flight cap: the rate a process answers at depends on the machine.
 Alone on 2 cores one process answers ~1,300 posts/s, so 128 in flight wait ~0.1 s; on the shared machine
@@ -28,12 +37,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leadsync.forms.group_commit import ARRIVED, RETRY_AFTER_SECONDS, GroupCommit
 from leadsync.forms.negotiation import wants_html
 from leadsync.forms.pages import render_errors
+from leadsync.forms.spam import client_key
 
 SHED_PAUSE_SECONDS = 0.25  # caps a shed connection at 4 answers a second; docs/benchmarks.md "Under pressure"
 OVERLOADED_MESSAGE = "We are receiving very many requests right now. Please try again in a few seconds."
 # The wait an admitted post may expect before its commit starts: a quarter of the 1 s p99 target, since the
 # tail of the waits runs ~3-4x their mean (a commit's fsync, a collector pass, the event loop's own queue).
 TARGET_WAIT_SECONDS = 0.2
+SUSPECT_MAX_IN_FLIGHT = 2  # posts in progress for an address that sent spam lately: a person posts one at a time
 MIN_IN_FLIGHT = 16  # always admitted: a process answers 16 posts well inside the target on any machine
 RATE_WINDOW_SECONDS = 0.5  # the answer rate is measured over windows this long; older than 2 windows: unknown
 
@@ -57,6 +68,7 @@ class ShedLoad:
         max_in_flight: int,
         target_wait: float = TARGET_WAIT_SECONDS,
         min_in_flight: int = MIN_IN_FLIGHT,
+        suspect: Callable[[str], bool] = lambda client: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
@@ -64,15 +76,19 @@ class ShedLoad:
         self.max_in_flight = max_in_flight
         self.target_wait = target_wait
         self.min_in_flight = min_in_flight
+        self.suspect = suspect
         self.clock = clock
         self.in_flight = 0
+        self.by_client: dict[str, int] = {}  # posts in progress by client address (IPv6 by its /64)
         self.rate: float | None = None  # posts answered a second over the last full window; None: not known
         self._window_start = clock()
         self._window_done = 0
 
-    def admits(self) -> bool:
-        """Whether one more post may come in now."""
+    def admits(self, client: str) -> bool:
+        """Whether one more post from `client` (its rate-limit key) may come in now."""
         if self.in_flight >= self.max_in_flight or self.group_commit.saturated:
+            return False
+        if self.by_client.get(client, 0) >= SUSPECT_MAX_IN_FLIGHT and self.suspect(client):
             return False
         if self.in_flight < self.min_in_flight or self.rate is None:
             return True
@@ -91,7 +107,9 @@ class ShedLoad:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/forms/"):
             await self.app(scope, receive, send)
             return
-        if not self.admits():
+        address = scope.get("client")
+        client = client_key(address[0] if address else None)
+        if not self.admits(client):
             self.group_commit.shed += 1
             # A pause before the 503, not after it: a client that retries at once (a bot, a load generator)
             # otherwise spends the CPU the admitted posts need on 503s (at -c 256 against one process: ~1,950
@@ -100,9 +118,12 @@ class ShedLoad:
             await overloaded(Request(scope))(scope, receive, send)
             return
         self.in_flight += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
         ARRIVED.set(time.monotonic())  # GroupCommit.store sheds a post that took too long to get there
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            if (left := self.by_client.pop(client) - 1) > 0:  # no entry for an idle address: bounded by in_flight
+                self.by_client[client] = left
             self._answered()

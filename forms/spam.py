@@ -39,7 +39,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import disposable_email_domains
@@ -59,6 +59,8 @@ from leadsync.storage.submissions import NewSubmission
 log = logging.getLogger(__name__)
 DISPOSABLE_MESSAGE = "Please use a permanent email address: we cannot send to disposable inboxes."
 _STORAGE_ERRORS = (StorageError, RedisError, OSError)
+SUSPECT_SECONDS = 60.0  # an address that sent spam stays a suspect this long (forms/shedding.py)
+SUSPECTS_MAX = 10_000  # addresses remembered at most (~1 MB)
 
 
 def is_disposable(email: str) -> bool:
@@ -121,6 +123,7 @@ class SpamGuard:
         self._warned_at = 0.0
         # The per-IP and per-email counters, counted a batch at a time in the group-commit writer.
         self._counters = BatchCounter(self.per_ip, self.per_email, self._redis_url)
+        self._spam_seen: dict[str, float] = {}  # client key -> when it last sent spam (monotonic)
 
     def _async_limiter(self) -> aio.strategies.MovingWindowRateLimiter:
         """The Redis limiter of the running event loop (an asyncio client belongs to one loop)."""
@@ -161,6 +164,7 @@ class SpamGuard:
         """The batch with each post's final spam reason: the group-commit writer calls this in its thread,
         before the transaction, so the counters cost one Redis round trip a batch (forms/ratelimit.py)."""
         if self.per_ip is None and self.per_email is None:
+            self._note_spam(client_key(new.ip) for new in batch if new.spam_reason)
             return list(batch)
         signing_key = self.settings.signing_key
         hits = [
@@ -173,10 +177,26 @@ class SpamGuard:
             for new in batch
         ]
         reasons = self._counters.verdicts(hits)
+        self._note_spam(hit.ip_key for hit, reason in zip(hits, reasons, strict=True) if reason)
         return [
             new if reason == new.spam_reason else replace(new, spam_reason=reason)
             for new, reason in zip(batch, reasons, strict=True)
         ]
+
+    def suspect(self, client: str) -> bool:
+        """Whether the address `client` (its rate-limit key) sent spam in the last SUSPECT_SECONDS: the door
+        (forms/shedding.py) gives it fewer posts in flight, so a flood cannot take the CPU real visitors need."""
+        seen = self._spam_seen.get(client)
+        return seen is not None and time.monotonic() - seen < SUSPECT_SECONDS
+
+    def _note_spam(self, clients: Iterable[str]) -> None:
+        now = time.monotonic()
+        if len(self._spam_seen) > SUSPECTS_MAX:  # a spread-out botnet: forget the old ones, keep memory bounded
+            self._spam_seen = {k: t for k, t in self._spam_seen.items() if now - t < SUSPECT_SECONDS}
+            if len(self._spam_seen) > SUSPECTS_MAX:
+                self._spam_seen.clear()
+        for client in clients:
+            self._spam_seen[client] = now  # one dict store: safe from the writer's thread, read on the loop
 
     async def allow_link(self, ip: str | None) -> bool:
         """Whether a confirm / unsubscribe link request from `ip` is within RATE_LIMIT_LINKS_PER_IP."""

@@ -226,3 +226,44 @@ def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
         assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["redis-postgres"])  # the table lock is PostgreSQL's
+def test_an_address_that_sent_spam_gets_two_posts_in_flight_and_others_are_not_held_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    settings = apply_settings(monkeypatch, {"INTAKE_MAX_IN_FLIGHT": "100"})
+    app = create_app(settings)
+    engine = create_engine(settings.database_url)
+
+    async def scenario() -> None:
+        def client_at(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 4000))
+            return httpx.AsyncClient(transport=transport, base_url="http://leadsync.test")
+
+        async with client_at("203.0.113.66") as bot, client_at("192.0.2.10") as office:
+            post = lambda client, email, **extra: asyncio.create_task(  # noqa: E731
+                client.post("/forms/newsletter", json={"email": email, **extra})
+            )
+            with engine.connect() as lock:
+                lock.execute(text("LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE"))
+                # The bot's honeypot post is counted as spam by the writer, which then waits on the lock.
+                held = [post(bot, "hp@example.org", website="http://spam.example")]
+                await wait_until(lambda: waiting_on_locks(engine) == 1, "the writer never reached the database")
+                assert app.state.spam_guard.suspect("203.0.113.66")
+                held.append(post(bot, "second@example.org"))  # its second post in flight: admitted
+                # Four honest posts at once from one address (an office): none is held back.
+                held += [post(office, f"office{n}@example.org") for n in range(4)]
+                await wait_until(lambda: app.state.group_commit._pending.qsize() == 5, "5 posts never queued")
+                shed = await asyncio.wait_for(bot.post("/forms/newsletter", json={"email": "third@example.org"}), 5)
+                lock.rollback()
+            answers = await asyncio.gather(*held)
+
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "2"
+        assert [answer.status_code for answer in answers] == [202] * 6
+
+    asyncio.run(scenario())
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(Submission.email)))
+    engine.dispose()
+    assert stored == {"hp@example.org", "second@example.org"} | {f"office{n}@example.org" for n in range(4)}
