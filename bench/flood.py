@@ -10,7 +10,9 @@ limits: RATE_LIMIT_PER_IP 20 per 10 minutes, RATE_LIMIT_PER_EMAIL 5 per hour) an
   its allowance;
 - real visitors: an open-loop asyncio client in this process, 20 posts a second (--rate) from the moment
   the flood starts until it ends, each a different person from a different address (X-Forwarded-For
-  10.20.x.y), with an Idempotency-Key and, like the snippet, one retry of a 503 after its Retry-After.
+  10.20.x.y), with an Idempotency-Key and, like the snippet, one retry of a 503 after its Retry-After;
+  the same visitors post alone for --baseline seconds first, so the report shows what the flood cost them
+  on the machine as loaded at the time.
 
 Targets (each PASS/FAIL): every real lead answered 202, stored (not as spam) and emailed once; real leads'
 p99 (first send to final answer, a retry included) < 100 ms; the database grows by less than 10 MB
@@ -52,8 +54,11 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-async def visitors(url: str, run: str, rate: float, flood_done: threading.Event) -> list[tuple[str, int, float]]:
-    """Real visitors at `rate` a second until the flood is done: (email, final status, seconds to it) each."""
+async def visitors(
+    url: str, run: str, rate: float, flood_done: threading.Event, first: int = 0
+) -> list[tuple[str, int, float]]:
+    """Real visitors at `rate` a second until `flood_done` is set: (email, final status, seconds to it) each;
+    numbered from `first` (their addresses and emails never repeat within a run)."""
     results: list[tuple[str, int, float]] = []
 
     async def one(client: httpx.AsyncClient, index: int) -> None:
@@ -84,7 +89,7 @@ async def visitors(url: str, run: str, rate: float, flood_done: threading.Event)
         index = 0
         while not flood_done.is_set():
             await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))  # open loop: never waits for answers
-            tasks.append(asyncio.create_task(one(client, index)))
+            tasks.append(asyncio.create_task(one(client, first + index)))
             index += 1
         await asyncio.gather(*tasks)
     return results
@@ -120,6 +125,7 @@ def main() -> int:
     parser.add_argument("--flood", type=int, default=20_000, help="spam posts, at full speed")
     parser.add_argument("--rate", type=float, default=20.0, help="real visitors a second during the flood")
     parser.add_argument("--connections", type=int, default=64, help="the flood's wrk connections")
+    parser.add_argument("--baseline", type=float, default=10.0, help="seconds of real visitors before the flood")
     parser.add_argument("--delivery-timeout", type=float, default=120.0, help="seconds to wait for the emails")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args()
@@ -152,6 +158,10 @@ def main() -> int:
                     f"real visitors {args.rate:g}/s meanwhile; {url}",
                     flush=True,
                 )
+                # The same visitors without the flood first: what the flood costs them, on this machine now.
+                quiet = threading.Event()
+                threading.Timer(args.baseline, quiet.set).start()
+                alone = asyncio.run(visitors(url, f"{run}b", args.rate, quiet))
                 flood_done = threading.Event()
                 flood: dict[str, WrkResult] = {}
 
@@ -163,9 +173,9 @@ def main() -> int:
 
                 thread = threading.Thread(target=run_flood, daemon=True)
                 thread.start()
-                real = asyncio.run(visitors(url, run, args.rate, flood_done))
+                real = asyncio.run(visitors(url, run, args.rate, flood_done, first=len(alone)))
                 thread.join()
-                emails = {email for email, _, _ in real}
+                emails = {email for email, _, _ in real + alone}
                 deadline = time.monotonic() + args.delivery_timeout
                 while time.monotonic() < deadline:
                     delivered = [r for mail in smtp.received for r in mail.rcpt_tos if r in emails]
@@ -178,7 +188,7 @@ def main() -> int:
                 with psycopg.connect(dsn) as connection:
                     stored = dict(
                         connection.execute(
-                            "SELECT email, status FROM submissions WHERE email LIKE %s", (f"real-{run}-%",)
+                            "SELECT email, status FROM submissions WHERE email LIKE %s", (f"real-{run}%",)
                         ).fetchall()
                     )
                     (flood_leads,) = connection.execute(
@@ -193,8 +203,9 @@ def main() -> int:
     result = flood["result"]
     missing = int(m.group(1)) if (m := re.search(r"^BENCH no_retry_after (\d+)$", result.output, re.M)) else -1
     latencies = [seconds * 1000 for _, _, seconds in real]
+    quiet_ms = [seconds * 1000 for _, _, seconds in alone]
     statuses: dict[int, int] = {}
-    for _, status, _ in real:
+    for _, status, _ in real + alone:
         statuses[status] = statuses.get(status, 0) + 1
     not_stored = sorted(email for email in emails if stored.get(email) in (None, "spam"))
     twice = len(delivered) - len(set(delivered))
@@ -206,13 +217,15 @@ def main() -> int:
         "flood_socket_errors": {k: v for k, v in result.socket_errors.items() if k != "status"},
         "flood_p50_ms": result.p50_ms, "flood_p99_ms": result.p99_ms, "flood_posts_stored_as_leads": flood_leads,
         "spam_counts": {reason: int(n) for reason, n in spam.items()},
+        "baseline_posts": len(alone), "baseline_p50_ms": round(percentile(quiet_ms, 0.5), 1),
+        "baseline_p99_ms": round(percentile(quiet_ms, 0.99), 1),
         "real_posts": len(real), "real_statuses": statuses, "real_p50_ms": round(percentile(latencies, 0.5), 1),
         "real_p99_ms": round(p99, 1), "real_max_ms": round(max(latencies, default=float("nan")), 1),
         "real_stored": len(emails) - len(not_stored), "real_emailed": len(set(delivered)), "real_emailed_twice": twice,
         "database_mb_before": round(before_mb, 1), "database_mb_after": round(after_mb, 1),
     }  # fmt: skip
     checks = [
-        (statuses == {202: len(real)} and real, f"every real lead answered 202: {statuses}"),
+        (statuses == {202: len(real) + len(alone)} and real, f"every real lead answered 202: {statuses}"),
         (not not_stored, f"every real lead stored, not as spam: {len(emails) - len(not_stored)} of {len(emails)}"),
         (
             set(delivered) == emails and twice == 0,
