@@ -42,7 +42,17 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.processes import BENCH, Proc, WrkResult, free_port, parse_wrk, start_services, wait_for_log, wait_http
+from bench.processes import (
+    BENCH,
+    Proc,
+    WrkResult,
+    cpu_seconds,
+    free_port,
+    parse_wrk,
+    start_services,
+    wait_for_log,
+    wait_http,
+)
 from tests.support.services import SmtpSink
 
 SCRIPT = BENCH / "flood.lua"
@@ -172,9 +182,11 @@ def main() -> int:
                         flood_done.set()
 
                 thread = threading.Thread(target=run_flood, daemon=True)
+                cpu_before = cpu_seconds(web.pid) or 0.0
                 thread.start()
                 real = asyncio.run(visitors(url, run, args.rate, flood_done, first=len(alone)))
                 thread.join()
+                web_cpu = (cpu_seconds(web.pid) or 0.0) - cpu_before
                 emails = {email for email, _, _ in real + alone}
                 deadline = time.monotonic() + args.delivery_timeout
                 while time.monotonic() < deadline:
@@ -215,6 +227,7 @@ def main() -> int:
         "flood_posts": result.requests, "flood_seconds": round(result.seconds, 1), "flood_rps": round(result.rps),
         "flood_statuses": result.statuses, "flood_503_without_retry_after": missing,
         "flood_socket_errors": {k: v for k, v in result.socket_errors.items() if k != "status"},
+        "web_cpu_share_of_a_core": round(web_cpu / result.seconds, 2) if result.seconds else None,
         "flood_p50_ms": result.p50_ms, "flood_p99_ms": result.p99_ms, "flood_posts_stored_as_leads": flood_leads,
         "spam_counts": {reason: int(n) for reason, n in spam.items()},
         "baseline_posts": len(alone), "baseline_p50_ms": round(percentile(quiet_ms, 0.5), 1),
