@@ -221,6 +221,11 @@ def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
             assert door.in_flight == 13
             release.set()
             assert [answer.status_code for answer in await asyncio.gather(*held)] == [202] * 13
+            # A slower window (13 + 1 answers in the next 0.5 s: 28 posts/s) moves the rate by 30% of the
+            # difference only: one slow window (a checkpoint, a collector pass) must not shed a burst.
+            now[0] = 1.0
+            assert (await post()).status_code == 202
+            assert door.rate == pytest.approx(0.3 * 28 + 0.7 * 64)
 
         assert shed.status_code == 503 and shed.headers["retry-after"] == "2"
         assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
