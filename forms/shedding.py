@@ -45,6 +45,9 @@ OVERLOADED_MESSAGE = "We are receiving very many requests right now. Please try 
 # tail of the waits runs ~3-4x their mean (a commit's fsync, a collector pass, the event loop's own queue).
 TARGET_WAIT_SECONDS = 0.2
 SUSPECT_MAX_IN_FLIGHT = 2  # posts in progress for an address that sent spam lately: a person posts one at a time
+# A spamming address's shed answers wait longer: its connections then cost the loop 1 answer a second each
+# instead of 4 (`./bench/run flood`: 64 connections gave ~230 503s a second at 0.25 s, the web at 0.46 of a core).
+SUSPECT_SHED_PAUSE_SECONDS = 1.0
 MIN_IN_FLIGHT = 16  # always admitted: a process answers 16 posts well inside the target on any machine
 RATE_WINDOW_SECONDS = 0.5  # the answer rate is measured over windows this long; older than 2 windows: unknown
 # Each window's rate weighs this much against the ones before: at 0.5 s windows a change shows fully in ~2 s.
@@ -123,7 +126,7 @@ class ShedLoad:
             # A pause before the 503, not after it: a client that retries at once (a bot, a load generator)
             # otherwise spends the CPU the admitted posts need on 503s (at -c 256 against one process: ~1,950
             # 503s/s at ~0.45 ms each left 95 posts/s admitted and p99 past 2 s). The pause costs no CPU.
-            await asyncio.sleep(SHED_PAUSE_SECONDS)
+            await asyncio.sleep(SUSPECT_SHED_PAUSE_SECONDS if self.suspect(client) else SHED_PAUSE_SECONDS)
             await overloaded(Request(scope))(scope, receive, send)
             return
         self.in_flight += 1
