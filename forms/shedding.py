@@ -10,7 +10,7 @@ TARGET_WAIT_SECONDS.
 Why a cap for spamming addresses: a flood comes from few addresses over many connections (`./bench/run
 flood`: one address, 64 connections at full speed). Its spam is answered like a success once parsed, but
 the parsing is the CPU real visitors need; capped, the flood holds two slots and waits out
-SHED_PAUSE_SECONDS on each other connection, and real visitors still find the door open. Only addresses
+SUSPECT_SHED_PAUSE_SECONDS on each other connection, and real visitors still find the door open. Only addresses
 the spam rules caught are capped (forms/spam.py `SpamGuard.suspect`): many honest posts from one address
 (a proxy not trusted for X-Forwarded-For, the test suites) are not.
 
