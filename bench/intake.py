@@ -20,8 +20,9 @@ Also checked for leadsync: every 202 is a committed row in `submissions` (durabl
     .venv/bin/python -m bench.intake                       # 30 s per target, 64 connections
     ./bench/run intake --duration 10 --json intake.json
 
-Targets (issue 9, points 1 and 5): >= 5x the usual stack's req/s, >= 25% of the bare ceiling, p99 < 50 ms,
-zero errors, every 202 committed, peak RSS < 150 MB for a web process and for the worker's processes.
+Targets (issue 9, points 1 and 5; issue 18, point 3): >= 5x the usual stack's req/s, >= one third of the
+bare ceiling (issue 9 asked 25%), p99 < 50 ms, zero errors, every 202 committed, peak RSS < 150 MB for a web
+process and for the worker's processes.
 Exit status 1 on any miss.
 """
 
@@ -61,6 +62,7 @@ LABELS = {
 }
 SCRIPT = BENCH / "post_form.lua"
 RSS_LIMIT_MB = 150.0
+BARE_SHARE = 1 / 3  # issue 18, point 3 (issue 9 asked 25%)
 P99_LIMIT_MS = 50.0
 # Only the per-IP limit goes: every post of the benchmark comes from 127.0.0.1. The per-email limit stays on
 # (each post has its own address), and so do validation, the honeypot and the disposable-domain check.
@@ -285,9 +287,9 @@ def checks(results: dict[str, Measured]) -> list[tuple[bool | None, str]]:
         out.append((None, "5x the usual stack: the usual stack was not measured"))
     if bare is not None and bare.wrk is not None:
         share = w.rps / bare.wrk.rps if bare.wrk.rps else 0.0
-        out.append((share >= 0.25, f"{w.rps:,.0f} req/s is {share:.0%} of the bare {bare.wrk.rps:,.0f} (>= 25%)"))
+        out.append((share >= BARE_SHARE, f"{w.rps:,.0f} req/s is {share:.0%} of the bare {bare.wrk.rps:,.0f} (>= 33%)"))
     else:
-        out.append((None, "25% of the bare ceiling: the bare endpoint was not measured"))
+        out.append((None, "a third of the bare ceiling: the bare endpoint was not measured"))
     out.append((w.p99_ms < P99_LIMIT_MS, f"p99 {w.p99_ms:.1f} ms < {P99_LIMIT_MS:.0f} ms"))
     out.append((w.errors() == 0 and w.requests > 0, f"{w.errors():,} errors of {w.requests:,} requests (0)"))
     rows = ls.rows or 0

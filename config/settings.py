@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     # queue is ~5 commits of 200, well under a second: docs/benchmarks.md "Overload").
     intake_queue_max: int = Field(1000, ge=1, le=100_000)
     # Form posts in progress per web process; one more is answered 503 + Retry-After before its body is read
-    # (forms/app.py ShedLoad). 64 connections saturate a process; 128 keeps an admitted post's wait short.
+    # (forms/shedding.py ShedLoad, which also sheds by the wait it predicts). 64 connections saturate a process.
     intake_max_in_flight: int = Field(128, ge=1, le=100_000)
     crm_flush_interval_seconds: float = 2.0
     crm_batch_size: int = Field(100, ge=1, le=100)

@@ -6,9 +6,7 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import time
 import uuid
 from importlib.resources import files
 
@@ -25,12 +23,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leadsync import logs, status_metrics
 from leadsync.config import Settings, get_settings
 from leadsync.forms import subscriptions
-from leadsync.forms.group_commit import ARRIVED, RETRY_AFTER_SECONDS, GroupCommit, Overloaded
+from leadsync.forms.group_commit import GroupCommit, Overloaded
 from leadsync.forms.health import healthz, readyz
-from leadsync.forms.negotiation import wants_html
 from leadsync.forms.openapi import openapi_document
-from leadsync.forms.pages import demo, render_errors, thank_you
+from leadsync.forms.pages import demo, thank_you
 from leadsync.forms.security import SecurityHeadersMiddleware, UnwrapMappedClient, require_ops_token
+from leadsync.forms.shedding import OVERLOADED_MESSAGE as OVERLOADED_MESSAGE  # tests and pages import it here
+from leadsync.forms.shedding import ShedLoad, overloaded
 from leadsync.forms.spam import SpamGuard
 from leadsync.forms.submit import store_batch, submit
 from leadsync.forms.tokens import token_endpoint
@@ -76,55 +75,6 @@ class LogContext:
             logs.clear()
 
 
-SHED_PAUSE_SECONDS = 0.25  # caps a shed connection at 4 answers a second; docs/benchmarks.md "Overload"
-OVERLOADED_MESSAGE = "We are receiving very many requests right now. Please try again in a few seconds."
-
-
-def overloaded(request: Request, _: Exception | None = None) -> Response:
-    """503 with Retry-After: the group-commit queue is full (forms/group_commit.py); nothing was stored."""
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    if wants_html(request):
-        return render_errors(503, {"service": OVERLOADED_MESSAGE}, None, headers=headers)
-    return JSONResponse({"errors": {"service": OVERLOADED_MESSAGE}}, status_code=503, headers=headers)
-
-
-class ShedLoad:
-    """A post to a form is answered 503 + Retry-After before its body is read when this process already has
-    INTAKE_MAX_IN_FLIGHT posts in progress, or the group-commit queue is full.
-
-    Why in flight, not only the queue: past saturation the wait is for the CPU (parsing, validating: ~1 ms a
-    post), not for the commit; 256 connections on one process running 600-1,300 posts/s wait 0.2-0.45 s each
-    and the tail passes a second (`./bench/run overload`). Capped at 128 in flight, an admitted post waits
-    for at most ~128 others; a shed one costs ~0.1 ms. Pure ASGI (no BaseHTTPMiddleware: that one costs a
-    task and a stream a request). `GroupCommit.store` checks its queue again, for posts already past here.
-    """
-
-    def __init__(self, app: ASGIApp, group_commit: GroupCommit, max_in_flight: int) -> None:
-        self.app = app
-        self.group_commit = group_commit
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/forms/"):
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.max_in_flight or self.group_commit.saturated:
-            self.group_commit.shed += 1
-            # A pause before the 503, not after it: a client that retries at once (a bot, a load generator)
-            # otherwise spends the CPU the admitted posts need on 503s (at -c 256 against one process: ~1,950
-            # 503s/s at ~0.45 ms each left 95 posts/s admitted and p99 past 2 s). The pause costs no CPU.
-            await asyncio.sleep(SHED_PAUSE_SECONDS)
-            await overloaded(Request(scope))(scope, receive, send)
-            return
-        self.in_flight += 1
-        ARRIVED.set(time.monotonic())  # GroupCommit.store sheds a post that took too long to get there
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-
-
 class SnippetFiles(StaticFiles):
     """The snippet's files, cacheable for an hour: short enough for fixes under the same version to arrive."""
 
@@ -153,8 +103,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes.append(Mount(f"/static/{SNIPPET_VERSION}", SnippetFiles(directory=str(static)), name="static"))
     if settings.dev_mode:
         routes.append(Route("/", demo, methods=["GET"]))
+    spam_guard = SpamGuard(settings)  # rate-limit counters live as long as the app
     group_commit = GroupCommit(
-        store_batch, enqueue_submissions, settings.intake_batch_max, max_queue=settings.intake_queue_max
+        store_batch,
+        enqueue_submissions,
+        settings.intake_batch_max,
+        max_queue=settings.intake_queue_max,
+        count=spam_guard.count,
     )
     middleware = [
         Middleware(UnwrapMappedClient),  # first: every rule after it sees 203.0.113.9, not ::ffff:203.0.113.9
@@ -169,12 +124,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=600,
         ),
         Middleware(
-            ShedLoad, group_commit=group_commit, max_in_flight=settings.intake_max_in_flight
+            ShedLoad,
+            group_commit=group_commit,
+            max_in_flight=settings.intake_max_in_flight,
+            suspect=spam_guard.suspect,
         ),  # inside CORS: a browser can read the 503 and retry
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={Overloaded: overloaded})
     app.state.settings = settings
-    app.state.spam_guard = SpamGuard(settings)  # rate-limit counters live as long as the app
+    app.state.spam_guard = spam_guard
     app.state.group_commit = group_commit
     app.state.openapi = openapi_document()
     app.state.metrics = status_metrics.web_registry(settings)

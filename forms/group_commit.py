@@ -8,7 +8,7 @@ grow by themselves (whatever arrived while the previous transaction committed); 
 committed at once, without waiting for company.
 
 The queue is bounded (INTAKE_QUEUE_MAX): past saturation a post is answered 503 with Retry-After at once
-(`Overloaded`, checked before the body is even read by forms/app.py's `ShedLoad`, and again here) instead
+(`Overloaded`, checked before the body is even read by forms/shedding.py's `ShedLoad`, and again here) instead
 of waiting behind an ever longer queue. With 200 a commit at ~5-10 ms a batch, 1,000 queued is under a
 second of work: a request either gets its commit within about a second or a quick "try again".
 
@@ -28,6 +28,8 @@ Parameters:
     max_batch: the most submissions in one transaction, and in one published message.
     max_queue: the most submissions waiting for a transaction (the one being committed not counted);
         one more raises `Overloaded`, which the app answers 503 with Retry-After.
+    count: sets each post's final spam reason for the whole batch (the rate limits: forms/spam.py
+        `SpamGuard.count`), in the writer's thread before the transaction; None: stored as given.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from leadsync.storage.submissions import NewSubmission, StoreOutcome
 log = structlog.get_logger(__name__)
 Waiter = tuple[NewSubmission, "asyncio.Future[StoreOutcome]"]
 RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second; the snippet retries once
-# A post that reaches the queue later than this after it arrived (forms/app.py ShedLoad sets ARRIVED) is
+# A post that reaches the queue later than this after it arrived (forms/shedding.py ShedLoad sets ARRIVED) is
 # answered 503 instead of stored: past saturation an admitted post waits for the CPU, and without a deadline
 # the tail of the 202s grew past 2 s at -c 256 on a busy machine (docs/benchmarks.md "Under pressure"). The
 # aim: a 202 within 0.5 s + one commit; the rest of the wait is in front of the app (uvicorn, the loop).
@@ -65,8 +67,10 @@ class GroupCommit:
         publish: Callable[[list[str]], Any],
         max_batch: int = 200,
         max_queue: int = 1000,
+        count: Callable[[Sequence[NewSubmission]], list[NewSubmission]] | None = None,
     ) -> None:
         self._store = store
+        self._count = count
         self._publish = publish
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -128,6 +132,8 @@ class GroupCommit:
                     future.set_result(outcome)
 
     def _commit_and_publish(self, batch: list[NewSubmission]) -> list[StoreOutcome]:
+        if self._count is not None:
+            batch = self._count(batch)  # the rate limits: one Redis round trip a batch, before the transaction
         try:
             outcomes = self._store(batch)
         except Exception as error:

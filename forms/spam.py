@@ -21,14 +21,16 @@ process; on the embedded default they live in process memory, so each `leadsync 
 own (documented in the README). If Redis does not answer, the post is let through and a warning logged:
 a lead is never lost because a counter is down.
 
-The Redis counters are asyncio calls on the event loop (limits' async strategies on redis-py's asyncio
-client): a thread a post for two round trips to Redis cost about a sixth of the intake rate.
+The request decides what the post's own content says (`content_reason`: honeypot, token); the two counters
+run in the group-commit writer for the whole batch, one Redis round trip a batch (`count`,
+forms/ratelimit.py). The link limit stays a per-request asyncio call (limits on redis-py's asyncio client).
 
 Example:
     >>> guard = SpamGuard(settings)
-    >>> await guard.decide(parsed, "ann@example.org", ip="203.0.113.9")    # None: not spam
-    >>> await guard.decide(parsed_with_honeypot, "ann@example.org", ip="203.0.113.9")
+    >>> guard.content_reason(parsed_with_honeypot)
     'honeypot'
+    >>> [new.spam_reason for new in guard.count([ann, ann_again])]     # in the writer's thread
+    [None, 'email_rate']
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import disposable_email_domains
 from limits import RateLimitItem, aio, parse
@@ -46,13 +50,17 @@ from limits.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 
 from leadsync.config import Settings
+from leadsync.forms.ratelimit import BatchCounter, Hit
 from leadsync.forms.schemas import MetaFields
 from leadsync.forms.tokens import check
 from leadsync.mailbox import mailbox_key
+from leadsync.storage.submissions import NewSubmission
 
 log = logging.getLogger(__name__)
 DISPOSABLE_MESSAGE = "Please use a permanent email address: we cannot send to disposable inboxes."
 _STORAGE_ERRORS = (StorageError, RedisError, OSError)
+SUSPECT_SECONDS = 60.0  # an address that sent spam stays a suspect this long (forms/shedding.py)
+SUSPECTS_MAX = 10_000  # addresses remembered at most (~1 MB)
 
 
 def is_disposable(email: str) -> bool:
@@ -113,6 +121,9 @@ class SpamGuard:
         self._redis: aio.strategies.MovingWindowRateLimiter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warned_at = 0.0
+        # The per-IP and per-email counters, counted a batch at a time in the group-commit writer.
+        self._counters = BatchCounter(self.per_ip, self.per_email, self._redis_url)
+        self._spam_seen: dict[str, float] = {}  # client key -> when it last sent spam (monotonic)
 
     def _async_limiter(self) -> aio.strategies.MovingWindowRateLimiter:
         """The Redis limiter of the running event loop (an asyncio client belongs to one loop)."""
@@ -134,26 +145,58 @@ class SpamGuard:
     def __repr__(self) -> str:
         return f"SpamGuard(ip={self.per_ip}, email={self.per_email}, {'redis' if self._redis_url else 'memory'})"
 
-    async def decide(self, parsed: MetaFields, email: str, ip: str | None) -> str | None:
-        """The spam reason for a valid post, or None. Every post counts against its IP; only posts that are
-        not already spam count against the address (a bot's honeypot posts must not lock its victim out)."""
-        reason: str | None = "honeypot" if parsed.website else None
-        if reason is None and parsed.ts_token:
+    def content_reason(self, parsed: MetaFields) -> str | None:
+        """The spam reason a post's own content gives (the honeypot, the render-time token), or None. Cheap and
+        without I/O: it runs in the request; the counters run for the whole batch in `count`."""
+        if parsed.website:
+            return "honeypot"
+        if parsed.ts_token:
             verdict = check(
                 parsed.ts_token,
                 self.settings.signing_keys,
                 self.settings.form_min_fill_seconds,
                 self.settings.form_token_max_age_seconds,
             )
-            reason = None if verdict == "ok" else f"token_{verdict}"
-        if not await self._hit(self.per_ip, "ip", client_key(ip)):
-            reason = reason or "ip_rate"
-        email_key = mailbox_key(email, self.settings.signing_key)  # one inbox one key; no address in Redis
-        if reason is None and not await self._hit(self.per_email, "email", email_key):
-            reason = "email_rate"
-        if reason is not None:
-            log.info("spam post stored: %s", reason)
-        return reason
+            return None if verdict == "ok" else f"token_{verdict}"
+        return None
+
+    def count(self, batch: Sequence[NewSubmission]) -> list[NewSubmission]:
+        """The batch with each post's final spam reason: the group-commit writer calls this in its thread,
+        before the transaction, so the counters cost one Redis round trip a batch (forms/ratelimit.py)."""
+        if self.per_ip is None and self.per_email is None:
+            self._note_spam(client_key(new.ip) for new in batch if new.spam_reason)
+            return list(batch)
+        signing_key = self.settings.signing_key
+        hits = [
+            Hit(
+                new.spam_reason,
+                client_key(new.ip),
+                # One inbox one key (ann+1@, Ann@ alike); no address in Redis. Not needed for posts already spam.
+                mailbox_key(new.email, signing_key) if self.per_email and not new.spam_reason else "",
+            )
+            for new in batch
+        ]
+        reasons = self._counters.verdicts(hits)
+        self._note_spam(hit.ip_key for hit, reason in zip(hits, reasons, strict=True) if reason)
+        return [
+            new if reason == new.spam_reason else replace(new, spam_reason=reason)
+            for new, reason in zip(batch, reasons, strict=True)
+        ]
+
+    def suspect(self, client: str) -> bool:
+        """Whether the address `client` (its rate-limit key) sent spam in the last SUSPECT_SECONDS: the door
+        (forms/shedding.py) gives it fewer posts in flight, so a flood cannot take the CPU real visitors need."""
+        seen = self._spam_seen.get(client)
+        return seen is not None and time.monotonic() - seen < SUSPECT_SECONDS
+
+    def _note_spam(self, clients: Iterable[str]) -> None:
+        now = time.monotonic()
+        if len(self._spam_seen) > SUSPECTS_MAX:  # a spread-out botnet: forget the old ones, keep memory bounded
+            self._spam_seen = {k: t for k, t in self._spam_seen.items() if now - t < SUSPECT_SECONDS}
+            if len(self._spam_seen) > SUSPECTS_MAX:
+                self._spam_seen.clear()
+        for client in clients:
+            self._spam_seen[client] = now  # one dict store: safe from the writer's thread, read on the loop
 
     async def allow_link(self, ip: str | None) -> bool:
         """Whether a confirm / unsubscribe link request from `ip` is within RATE_LIMIT_LINKS_PER_IP."""

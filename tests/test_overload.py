@@ -18,10 +18,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
+from starlette.types import Receive, Scope, Send
 
 from leadsync.config import Settings
 from leadsync.forms.app import OVERLOADED_MESSAGE, create_app
 from leadsync.forms.group_commit import ADMISSION_DEADLINE_SECONDS, ARRIVED, GroupCommit, Overloaded
+from leadsync.forms.shedding import ShedLoad
 from leadsync.forms.submit import store_batch
 from leadsync.storage.models import Submission
 from leadsync.storage.submissions import NewSubmission
@@ -173,3 +175,100 @@ def test_a_post_that_reaches_the_commit_past_its_deadline_is_shed_and_not_stored
     with engine.connect() as connection:
         assert set(connection.scalars(select(Submission.email))) == {"on-time@example.org"}
     engine.dispose()
+
+
+def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
+    # The door alone (forms/shedding.py) in front of an endpoint that answers 202 when the test lets it; the
+    # clock is the test's, so the measured rate is exact: 32 posts answered in the first 0.5 s = 64 posts/s.
+    now = [0.0]
+    release = asyncio.Event()
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    door = ShedLoad(
+        endpoint,
+        GroupCommit(store_batch, enqueue_submissions),
+        max_in_flight=100,
+        min_in_flight=2,
+        clock=lambda: now[0],
+    )
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=door)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            post = lambda: client.post("/forms/newsletter", json={"email": "a@example.org"})  # noqa: E731
+            # No rate known yet: a burst is admitted past the estimate's limit (up to max_in_flight).
+            burst = [asyncio.create_task(post()) for _ in range(12)]
+            await wait_until(lambda: door.in_flight == 12, "the burst was not admitted")
+            release.set()
+            assert [answer.status_code for answer in await asyncio.gather(*burst)] == [202] * 12
+            release.clear()
+            assert door.rate is None  # 12 answers at t=0: no window has closed
+            release.set()
+            for step in range(1, 21):  # 20 more answers over the next 0.5 s: the window closes at 64 posts/s
+                now[0] = step * 0.025
+                assert (await post()).status_code == 202
+            assert door.rate == pytest.approx(32 / 0.5)
+            release.clear()
+            # 64 posts/s and a 0.2 s target: with 12 in flight a new post waits 0.19 s (admitted), with 13
+            # 0.203 s (shed).
+            held = [asyncio.create_task(post()) for _ in range(13)]
+            await wait_until(lambda: door.in_flight == 13, "13 posts were not admitted")
+            shed = await asyncio.wait_for(post(), timeout=5)
+            assert door.in_flight == 13
+            release.set()
+            assert [answer.status_code for answer in await asyncio.gather(*held)] == [202] * 13
+            # A slower window (13 + 1 answers in the next 0.5 s: 28 posts/s) moves the rate by 30% of the
+            # difference only: one slow window (a checkpoint, a collector pass) must not shed a burst.
+            now[0] = 1.0
+            assert (await post()).status_code == 202
+            assert door.rate == pytest.approx(0.3 * 28 + 0.7 * 64)
+
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "2"
+        assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["redis-postgres"])  # the table lock is PostgreSQL's
+def test_an_address_that_sent_spam_gets_two_posts_in_flight_and_others_are_not_held_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    settings = apply_settings(monkeypatch, {"INTAKE_MAX_IN_FLIGHT": "100"})
+    app = create_app(settings)
+    engine = create_engine(settings.database_url)
+
+    async def scenario() -> None:
+        def client_at(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 4000))
+            return httpx.AsyncClient(transport=transport, base_url="http://leadsync.test")
+
+        async with client_at("203.0.113.66") as bot, client_at("192.0.2.10") as office:
+            post = lambda client, email, **extra: asyncio.create_task(  # noqa: E731
+                client.post("/forms/newsletter", json={"email": email, **extra})
+            )
+            with engine.connect() as lock:
+                lock.execute(text("LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE"))
+                # The bot's honeypot post is counted as spam by the writer, which then waits on the lock.
+                held = [post(bot, "hp@example.org", website="http://spam.example")]
+                await wait_until(lambda: waiting_on_locks(engine) == 1, "the writer never reached the database")
+                assert app.state.spam_guard.suspect("203.0.113.66")
+                held.append(post(bot, "second@example.org"))  # its second post in flight: admitted
+                # Four honest posts at once from one address (an office): none is held back.
+                held += [post(office, f"office{n}@example.org") for n in range(4)]
+                await wait_until(lambda: app.state.group_commit._pending.qsize() == 5, "5 posts never queued")
+                shed = await asyncio.wait_for(bot.post("/forms/newsletter", json={"email": "third@example.org"}), 5)
+                lock.rollback()
+            answers = await asyncio.gather(*held)
+
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "2"
+        assert [answer.status_code for answer in answers] == [202] * 6
+
+    asyncio.run(scenario())
+    with engine.connect() as connection:
+        stored = set(connection.scalars(select(Submission.email)))
+    engine.dispose()
+    assert stored == {"hp@example.org", "second@example.org"} | {f"office{n}@example.org" for n in range(4)}
