@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     # (forms/shedding.py ShedLoad, which also sheds by the wait it predicts). 64 connections saturate a process.
     intake_max_in_flight: int = Field(128, ge=1, le=100_000)
     crm_flush_interval_seconds: float = 2.0
+    # A partial batch waits up to this long for a burst still being processed to fill it (full batches: one
+    # upsert a 100 contacts, not one a flush); a lone lead is sent at once. 0: send what is due every flush.
+    crm_batch_fill_seconds: float = Field(2.0, ge=0, le=60)
     crm_batch_size: int = Field(100, ge=1, le=100)
     # How long a flush holds its contacts: a worker killed mid-flush leaves them leased this long, then another
     # flush writes them again (an upsert by email: the same record). 3 minutes is longer than one flush with its

@@ -196,7 +196,8 @@ def flush_crm() -> dict[str, Any]:
         erasure.run(get_sessionmaker(), crm_client())
     except Exception:
         log.exception("the HubSpot erasure round failed; the jobs stay due for the next flush")
-    report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings)
+    fill_wait = timedelta(seconds=settings.crm_batch_fill_seconds)
+    report = flush_pending(get_sessionmaker(), crm_client(), crm_mapping(), settings, fill_wait=fill_wait)
     metrics.count_hubspot(report.calls, report.rate_limited)
     if report.full(settings.crm_batch_size):
         enqueue.enqueue_crm_flush()

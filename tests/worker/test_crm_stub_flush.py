@@ -3,13 +3,14 @@ what lands in the stub's records and in the database rows, no emulator and no ne
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from leadsync.config import Settings
 from leadsync.storage.db import get_sessionmaker, session_scope
-from leadsync.storage.models import Contact, DeadLetter, ServiceState
+from leadsync.storage.models import Contact, DeadLetter, ServiceState, utcnow
 from leadsync.worker.crm.mapping import load_mapping
 from leadsync.worker.crm.port import CrmAuthError, CrmTemporaryError
 from leadsync.worker.crm.service_state import AUTH_STATE, PAUSE_STATE
@@ -79,3 +80,24 @@ def test_an_outage_pauses_every_flusher_and_a_refused_token_stops_them(settings:
     assert flush(other, settings).synced == 2
     assert state(AUTH_STATE)["ok"] is True and state(PAUSE_STATE)["failures"] == 0
     assert {status for status, _ in rows().values()} == {"synced"}
+
+
+def test_a_partial_batch_waits_for_a_burst_to_fill_it_but_never_longer_than_the_fill_wait(settings: Settings) -> None:
+    contacts_only = settings.model_copy(update={"hubspot_notes": False})
+    mapping, wait = load_mapping(settings.hubspot_mapping_path), timedelta(seconds=2)
+
+    def flush_filling(crm: StubCrm) -> FlushReport:
+        return flush_pending(get_sessionmaker(), crm, mapping, contacts_only, fill_wait=wait)
+
+    crm = StubCrm()
+    people(settings, 3)
+    assert flush_filling(crm).synced == 3  # nothing more on its way: a lone lead goes at once
+    people(settings, 5)  # five more contacts due...
+    arriving = submit("info-packet", email="late@example.org", first_name="Late")  # ...and a burst arriving
+    report = flush_filling(crm)
+    assert (report.filling, report.claimed, crm.count("upsert_by_email")) == (5, 0, 1)
+    with session_scope() as session:  # the oldest due contact has now waited the fill wait
+        session.execute(update(Contact).values(crm_changed_at=utcnow() - wait))
+    assert flush_filling(crm).synced == 5 and crm.count("upsert_by_email") == 2
+    process(arriving, settings)
+    assert flush_filling(crm).synced == 1  # the burst is over: its tail goes without waiting

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from leadsync.storage.models import Contact, CrmStatus
+from leadsync.storage.models import Contact, CrmStatus, Submission, SubmissionStatus
 from leadsync.worker.crm.mapping import Mapping, contact_properties
 from leadsync.worker.crm.preferences import PreferenceChange, owed
 
@@ -44,6 +44,32 @@ class Claimed:
 
 def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(Contact.crm_status == CrmStatus.PENDING)) or 0
+
+
+def filling(session_factory: Callable[[], Session], size: int, now: datetime, wait: timedelta) -> int:
+    """How many contacts a partial batch should keep waiting for company, 0 to send it now (Nagle's rule).
+
+    A batch waits when fewer than `size` contacts are due, more are on their way (a stored submission the
+    worker has not processed yet: a burst is arriving) and the oldest due one has waited less than `wait`.
+    So a burst goes out in full batches of 100 (one upsert and one notes call each, HubSpot's 100 calls per
+    10 s go to full batches), a lone lead is sent at once, and no contact waits more than `wait` for company.
+    """
+    with session_factory() as session:
+        due = (
+            select(Contact.crm_changed_at)
+            .where(
+                Contact.crm_status == CrmStatus.PENDING,
+                or_(Contact.crm_claimed_until.is_(None), Contact.crm_claimed_until < now),
+            )
+            .order_by(Contact.crm_changed_at)
+            .limit(size)
+            .subquery()
+        )
+        count, oldest = session.execute(select(func.count(), func.min(due.c.crm_changed_at))).one()
+        if not count or count >= size or oldest is None or oldest <= now - wait:
+            return 0
+        coming = session.scalar(select(Submission.id).where(Submission.status == SubmissionStatus.PENDING).limit(1))
+        return count if coming is not None else 0
 
 
 def claim(

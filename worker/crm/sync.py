@@ -61,7 +61,7 @@ from leadsync.worker import erasure
 from leadsync.worker.crm import service_state
 from leadsync.worker.crm.activities import flush_activities
 from leadsync.worker.crm.batching import NOT_FOUND, write_batch
-from leadsync.worker.crm.lease import Claimed, claim, not_forgotten, pending_count
+from leadsync.worker.crm.lease import Claimed, claim, filling, not_forgotten, pending_count
 from leadsync.worker.crm.mapping import Mapping
 from leadsync.worker.crm.port import MAX_BATCH, Crm, CrmError, CrmRejected, WriteInput
 from leadsync.worker.crm.preferences import push
@@ -78,6 +78,7 @@ class FlushReport:
     rejected: int = 0
     deferred: int = 0  # given back for a later flush (rate limit, outage, duplicate in the batch)
     held: int = 0  # pending while no token is set, the token is refused, or HubSpot is paused
+    filling: int = 0  # due, but kept for a fuller batch: a burst is still arriving (lease.py `filling`)
     calls: int = 0  # HubSpot calls made by this flush (retries included)
     rate_limited: int = 0  # of which answered 429
     preferences: int = 0  # newsletter statuses pushed to HubSpot's communication preferences
@@ -96,8 +97,10 @@ def flush_pending(
     mapping: Mapping,
     settings: Settings,
     limit: int | None = None,
+    fill_wait: timedelta | None = None,
 ) -> FlushReport:
-    """Sync one batch of pending contacts; without a client (no token) they are held and counted."""
+    """Sync one batch of pending contacts; without a client (no token) they are held and counted. With
+    `fill_wait` (the flush task's CRM_BATCH_FILL_SECONDS) a partial batch may wait for a burst to fill it."""
     now = utcnow()
     if crm is None:
         with session_factory() as session:
@@ -109,6 +112,10 @@ def flush_pending(
 
     subscription_id = settings.hubspot_subscription_id
     size, lease = min(limit or settings.crm_batch_size, MAX_BATCH), timedelta(seconds=settings.crm_lease_seconds)
+    if fill_wait:
+        waiting = filling(session_factory, size, now, fill_wait)
+        if waiting:
+            return FlushReport(filling=waiting)
     claimed = claim(session_factory, mapping, size, now, subscription_id, lease)
     report = FlushReport(claimed=len(claimed))
     if not claimed:
