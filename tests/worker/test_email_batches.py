@@ -181,3 +181,33 @@ def test_two_batches_draining_the_same_backlog_at_once_send_each_email_once(
     assert statuses() == Counter({"sent": 120})
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(EmailAttempt)) == 120
+
+
+def test_claims_that_outlive_their_lease_behind_a_slow_server_are_renewed_or_given_up_never_sent_twice(
+    settings: Settings, monkeypatch, base_env, smtp: SmtpSink
+) -> None:
+    settings = smtp_settings(monkeypatch, base_env, smtp).model_copy(update={"email_claim_lease_seconds": 1})
+    send_ids = queued(settings, 5)
+    smtp.hold()  # every conversation waits at RCPT until released
+
+    def batch(own: list[str]) -> None:
+        transport = SmtpTransport(settings)
+        with transport.batch():
+            deliver_batch(get_sessionmaker(), own, transport, settings, drain=100)
+
+    slow = threading.Thread(target=batch, args=(send_ids,))  # claims all five, held at the first
+    slow.start()
+    deadline = time.monotonic() + 10
+    while smtp.held < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.2)  # the lease runs out for the four still waiting behind the held one
+    # A retry takes the four waiting ones (claims expired); the held one (a batch sends in id order) stays A's.
+    other = threading.Thread(target=batch, args=(sorted(send_ids)[1:],))
+    other.start()
+    while smtp.held < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    smtp.release()
+    slow.join(30)
+    other.join(30)
+    assert copies(smtp) == Counter({f"reader{n}@example.org": 1 for n in range(5)})  # the slow batch let them go
+    assert statuses() == Counter({"sent": 5})

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class _Claimed:
     attempts: int
     created_at: datetime
     message: EmailMessage | PermanentMailError
+    claimed_at: datetime  # our claim's stamp: a renewal compares it, so a claim another batch took is seen
 
 
 _Outcomes = list[tuple[_Claimed, Delivery, MailError | None]]  # the error for all but a `sent`
@@ -158,7 +160,7 @@ def _claim_batch(
     inserted = session.execute(insert(EmailAttempt).returning(EmailAttempt.id, EmailAttempt.send_id), attempt_rows)
     attempt_ids = {send_id: attempt_id for attempt_id, send_id in inserted}
     return [
-        _Claimed(send.id, send.submission_id, attempt_ids[send.id], send.attempts + 1, send.created_at, message)
+        _Claimed(send.id, send.submission_id, attempt_ids[send.id], send.attempts + 1, send.created_at, message, now)
         for send, message in built
     ]
 
@@ -197,7 +199,7 @@ def deliver_batch(
     with session_factory() as session, session.begin():
         chunk = next_chunk(session)
     while chunk:
-        outcomes = _send_chunk(chunk, transport, settings, report)
+        outcomes = _send_chunk(chunk, transport, settings, report, lambda rest: _renew(session_factory, rest, settings))
         with session_factory() as session, session.begin():
             _record(session, outcomes)
             more = position < len(named) or (claimed_total < limit and not report.dry)
@@ -219,10 +221,58 @@ def deliver(
     return report.deliveries[send_id]
 
 
-def _send_chunk(chunk: list[_Claimed], transport: MailTransport, settings: Settings, report: BatchReport) -> _Outcomes:
-    """Send each claimed email; an unexpected error still returns what was sent before it (to be recorded)."""
+def _renew(session_factory: Callable[[], Session], rest: list[_Claimed], settings: Settings) -> list[_Claimed]:
+    """The claims of `rest` (claimed, not sent yet) that are still ours, re-stamped once past half the lease.
+
+    A batch waits behind a slow server for every message before it; if that outlasts the lease, the rows still
+    waiting may have been claimed by another batch (or swept): sending them too would send them twice. The
+    renewal is a compare-and-set on our own claim stamp, so a row taken meanwhile is dropped from this batch.
+    """
+    lease = timedelta(seconds=settings.email_claim_lease_seconds)
+    now = utcnow()
+    due = [c for c in rest if now - c.claimed_at >= lease / 2]
+    if not due:
+        return rest
+    with session_factory() as session, session.begin():
+        kept = set(
+            session.scalars(
+                update(EmailSend)
+                .where(
+                    EmailSend.id.in_([c.send_id for c in due]),
+                    EmailSend.status == EmailStatus.SENDING,
+                    EmailSend.claimed_at.in_({c.claimed_at for c in due}),
+                )
+                .values(claimed_at=now)
+                .returning(EmailSend.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    lost = [c.send_id for c in due if c.send_id not in kept]
+    if lost:
+        log.warning("%d claimed emails outlived their lease in a slow batch; another batch has them", len(lost))
+    renewed = {c.send_id for c in due}
+    return [
+        c if c.send_id not in renewed else dataclasses.replace(c, claimed_at=now) for c in rest if c.send_id not in lost
+    ]
+
+
+def _send_chunk(
+    chunk: list[_Claimed],
+    transport: MailTransport,
+    settings: Settings,
+    report: BatchReport,
+    renew: Callable[[list[_Claimed]], list[_Claimed]] | None = None,
+) -> _Outcomes:
+    """Send each claimed email still ours (`renew`); an unexpected error still returns what was sent before it."""
     outcomes: _Outcomes = []
-    for index, claimed in enumerate(chunk):
+    index = 0
+    while index < len(chunk):
+        if renew is not None:
+            chunk = chunk[:index] + renew(chunk[index:])
+            if index >= len(chunk):
+                break
+        claimed = chunk[index]
+        index += 1
         logs.bind(submission_id=claimed.submission_id, email_send_id=claimed.send_id)
         try:
             if isinstance(claimed.message, PermanentMailError):
@@ -239,7 +289,7 @@ def _send_chunk(chunk: list[_Claimed], transport: MailTransport, settings: Setti
             stopped = TemporaryMailError("not sent: the batch stopped at an unexpected error")
             outcomes += [
                 (rest, Delivery(EmailStatus.RETRY, 0.0, str(stopped), rest.submission_id), stopped)
-                for rest in chunk[index + 1 :]
+                for rest in chunk[index:]
             ]
             break
         outcomes.append((claimed, Delivery(EmailStatus.SENT, submission_id=claimed.submission_id), None))
