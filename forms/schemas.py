@@ -25,11 +25,13 @@ from pydantic import (
     ValidationInfo,
 )
 
+from leadsync.kinds import FormKind
+
 MESSAGES = {
     "newsletter": "You have Successfully Subscribed!",
     "info-packet": "Thanks for your interest!",
 }
-FORM_KEYS = {"newsletter": "newsletter", "info-packet": "info_packet"}
+FORM_KEYS = {"newsletter": FormKind.NEWSLETTER, "info-packet": FormKind.INFO_PACKET}  # URL name -> stored form
 
 
 CONTROL_MESSAGE = "Remove control characters (such as line breaks or tabs) from this field."

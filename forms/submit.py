@@ -32,6 +32,7 @@ from leadsync.forms.negotiation import PayloadError, read_payload, wants_html
 from leadsync.forms.pages import back_link, render_errors
 from leadsync.forms.schemas import FORM_KEYS, MESSAGES, MetaFields, validate
 from leadsync.forms.spam import SpamGuard, refused_email
+from leadsync.kinds import FormKind
 from leadsync.storage.db import get_sessionmaker
 from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_submissions
 
@@ -142,7 +143,7 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
         page_url=parsed.page_url or _referer(request),
         utm=parsed.utm(),
         consent={
-            "newsletter": form == "newsletter" or bool(fields.get("newsletter_opt_in")),
+            "newsletter": FORM_KEYS[form] == FormKind.NEWSLETTER or bool(fields.get("newsletter_opt_in")),
             "text_version": request.app.state.settings.consent_text_version,
             "ip": client,
             "user_agent": user_agent,

@@ -21,14 +21,16 @@ from starlette.responses import HTMLResponse, Response
 
 from leadsync.config import Settings
 from leadsync.forms.pages import render
+from leadsync.kinds import NewsletterStatus
 from leadsync.signing import BadToken, Claims, verify
 from leadsync.storage.contacts import set_newsletter_status
 from leadsync.storage.db import session_scope
 from leadsync.storage.models import utcnow
 
-ACTIONS = {
-    "confirm": ("subscribed", "Confirm my subscription", "You have Successfully Subscribed!"),
-    "unsubscribe": ("unsubscribed", "Unsubscribe me", "You are unsubscribed. You will get no more newsletters."),
+_UNSUBSCRIBED = "You are unsubscribed. You will get no more newsletters."
+ACTIONS = {  # the link's purpose -> (the status it sets, the button, the page after the click)
+    "confirm": (NewsletterStatus.SUBSCRIBED, "Confirm my subscription", "You have Successfully Subscribed!"),
+    "unsubscribe": (NewsletterStatus.UNSUBSCRIBED, "Unsubscribe me", _UNSUBSCRIBED),
 }
 
 

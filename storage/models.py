@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import JSON, Date, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from leadsync.kinds import NewsletterStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -110,7 +112,7 @@ class Contact(Base):
     utm_content: Mapped[str | None] = mapped_column(String(255))
     field_times: Mapped[dict[str, Any]]  # field -> ISO time of the submission that set it (newest wins)
     lifecycle_stage: Mapped[str] = mapped_column(String(32))
-    newsletter_status: Mapped[str] = mapped_column(String(16), default="none")  # none|pending|subscribed|unsubscribed
+    newsletter_status: Mapped[str] = mapped_column(String(16), default=NewsletterStatus.NONE)  # see NewsletterStatus
     newsletter_confirmed_at: Mapped[datetime | None]  # the double opt-in click
     newsletter_unsubscribed_at: Mapped[datetime | None]
     packet_requested_at: Mapped[datetime | None]

@@ -59,7 +59,6 @@ LEASE = timedelta(minutes=3)  # longer than one batch call with its 429 waits
 SEARCH_SETTLE = timedelta(seconds=30)  # HubSpot's search index trails writes by "a few seconds"
 FORMS_PER_FLUSH = 20  # one call each: a backlog must not eat the 100 / 10 s budget of the contact sync
 OWNER = "owner"  # a row kind of its own: the round-robin owner written to the record (once)
-PACKET, NEWSLETTER = FormKind.INFO_PACKET, FormKind.NEWSLETTER  # the forms whose submissions get a note
 ERROR_MAX = 2000
 
 
@@ -111,7 +110,7 @@ def _kinds(settings: Settings, form: str, first_packet: bool) -> list[str]:
     kinds = [ActivityKind.NOTE] if settings.hubspot_notes else []
     if forms_api.configured(settings, form):
         kinds.append(ActivityKind.FORM)
-    if form == PACKET and first_packet and settings.hubspot_owner_ids:
+    if form == FormKind.INFO_PACKET and first_packet and settings.hubspot_owner_ids:
         kinds += [OWNER, ActivityKind.TASK]
     return kinds
 
@@ -125,7 +124,7 @@ def discover(session_factory: Callable[[], Session], settings: Settings, contact
             .where(
                 Submission.contact_id.in_(list(contact_ids)),
                 Submission.status == SubmissionStatus.PROCESSED,
-                Submission.form.in_([PACKET, NEWSLETTER]),
+                Submission.form.in_([FormKind.INFO_PACKET, FormKind.NEWSLETTER]),
             )
             .order_by(Submission.received_at, Submission.id)
         ).all()
@@ -143,17 +142,17 @@ def discover(session_factory: Callable[[], Session], settings: Settings, contact
             )
         }
         tasked = {submission_id for kind, submission_id in known if kind == OWNER}
-        packet_contacts = {cid for sid, form, cid, _ in rows if form == PACKET and sid in tasked}
+        packet_contacts = {cid for sid, form, cid, _ in rows if form == FormKind.INFO_PACKET and sid in tasked}
         sign_up: dict[int, str] = {}  # contact -> its newest sign-up before the confirmation click
         for submission_id, form, contact_id, received_at in rows:
             at = confirmed.get(contact_id)
-            if form == NEWSLETTER and at is not None and received_at <= at:
+            if form == FormKind.NEWSLETTER and at is not None and received_at <= at:
                 sign_up[contact_id] = submission_id
         new: list[dict[str, object]] = []
         for submission_id, form, contact_id, _received in rows:
-            if form == NEWSLETTER and sign_up.get(contact_id) != submission_id:
+            if form == FormKind.NEWSLETTER and sign_up.get(contact_id) != submission_id:
                 continue  # unconfirmed (or an older sign-up): nothing on the timeline yet
-            first_packet = form == PACKET and contact_id not in packet_contacts
+            first_packet = form == FormKind.INFO_PACKET and contact_id not in packet_contacts
             if first_packet:
                 packet_contacts.add(contact_id)
             for kind in _kinds(settings, form, first_packet):
@@ -223,7 +222,7 @@ def _lease(session_factory: Callable[[], Session], kind: str, limit: int) -> lis
                     contact_email=contact.email,
                     record_id=contact.hubspot_id,
                     owner_id=contact.owner_id,
-                    confirmed_at=contact.newsletter_confirmed_at if submission.form == NEWSLETTER else None,
+                    confirmed_at=contact.newsletter_confirmed_at if submission.form == FormKind.NEWSLETTER else None,
                 )
             )
             session.expunge(submission)

@@ -1,7 +1,8 @@
 """The CRM port: what the sync, the timeline, the preferences and the erasure need from a CRM, and the
-failure classes they act on. Shaped like worker/mail/transport.py's MailTransport: one protocol, adapters
-behind it. `HubSpotCrm` (worker/crm/hubspot.py) talks to HubSpot through the official client; `StubCrm`
-(worker/crm/stub.py) keeps records in memory, for unit tests that need no emulator.
+failure classes they act on (each also leadsync/errors.py's TemporaryError or PermanentError). Shaped like
+worker/mail/transport.py's MailTransport: one protocol, adapters behind it. `HubSpotCrm`
+(worker/crm/hubspot.py) talks to HubSpot through the official client; `StubCrm` (worker/crm/stub.py) keeps
+records in memory, for unit tests that need no emulator.
 
 Example:
     >>> crm: Crm = StubCrm()
@@ -17,13 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from leadsync.errors import DeliveryError, PermanentError, TemporaryError
+
 if TYPE_CHECKING:
     from leadsync.worker.crm.mapping import Mapping
 
 MAX_BATCH = 100  # HubSpot's limit on inputs per batch call
 
 
-class CrmError(Exception):
+class CrmError(DeliveryError):
     """Base of the failure classes below; `status` is HubSpot's HTTP status when there was one."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -31,11 +34,11 @@ class CrmError(Exception):
         self.status = status
 
 
-class CrmTemporaryError(CrmError):
+class CrmTemporaryError(CrmError, TemporaryError):
     """5xx, timeouts, connection errors (or the limiter's storage away): back off and try again."""
 
 
-class CrmRateLimited(CrmError):
+class CrmRateLimited(CrmError, TemporaryError):
     """429, or no rate-limit slot soon enough: wait `retry_after` seconds. `policy` is HubSpot's policyName."""
 
     def __init__(self, message: str, retry_after: float, policy: str | None = None) -> None:
@@ -44,11 +47,12 @@ class CrmRateLimited(CrmError):
         self.policy = policy
 
 
-class CrmAuthError(CrmError):
-    """401/403: the token is wrong or lacks scopes. Retrying cannot help until a human acts."""
+class CrmAuthError(CrmError, TemporaryError):
+    """401/403: the token is wrong or lacks scopes. Retrying cannot help until a human acts; temporary all
+    the same, since the contacts stay pending and sync once the token is fixed (service_state.py)."""
 
 
-class CrmRejected(CrmError):
+class CrmRejected(CrmError, PermanentError):
     """A 4xx for the whole batch; `errors` carries HubSpot's per-error details."""
 
     def __init__(self, message: str, errors: list[dict[str, Any]], status: int = 400) -> None:

@@ -18,7 +18,7 @@ name is an encoded-word inside the display name only. Bodies are quoted-printabl
 exceeds 998 bytes.
 
 Example:
-    >>> message = compose("info_packet", contact, message_id="<id.packet@clinic.example>", settings=settings)
+    >>> message = compose(EmailKind.INFO_PACKET, contact, message_id="<id.packet@clinic.example>", settings=settings)
     >>> message["Subject"]
     'Your FREE information packet'
 """
@@ -40,6 +40,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from leadsync.config import Settings, get_settings
 from leadsync.config.settings import CONFIG_DIR
+from leadsync.kinds import EmailKind
 from leadsync.signing import sign
 from leadsync.worker.mail.addresses import one_line, wire_address, wire_message_id
 from leadsync.worker.mail.errors import UnsendableMessage
@@ -174,7 +175,7 @@ def link(settings: Settings, path: str, purpose: str, contact: Any, ttl: float) 
     return f"{settings.public_base_url.rstrip('/')}{path}?{urlencode({'token': token})}"
 
 
-def compose(kind: str, contact: Any, message_id: str, settings: Settings) -> EmailMessage:
+def compose(kind: EmailKind | str, contact: Any, message_id: str, settings: Settings) -> EmailMessage:
     """The email of `kind` for `contact`: text and HTML parts, attachments and headers as configured.
 
     Raises UnsendableMessage (a PermanentMailError) when an address cannot go on the wire as ASCII.

@@ -1,4 +1,5 @@
-"""The two failure classes the sender acts on, shared by composing and transports.
+"""The two failure classes the sender acts on, shared by composing and transports; they are also
+leadsync/errors.py's TemporaryError and PermanentError, the answer the CRM's failures give too.
 
 Example:
     >>> raise TemporaryMailError("SMTP 451: try again later", 451)
@@ -6,18 +7,20 @@ Example:
 
 from __future__ import annotations
 
+from leadsync.errors import DeliveryError, PermanentError, TemporaryError
 
-class MailError(Exception):
+
+class MailError(DeliveryError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
 
 
-class TemporaryMailError(MailError):
+class TemporaryMailError(MailError, TemporaryError):
     """Try again later: 4xx replies, refused or dropped connections, timeouts, TLS trouble."""
 
 
-class PermanentMailError(MailError):
+class PermanentMailError(MailError, PermanentError):
     """Do not retry: 5xx replies (unknown mailbox, rejected content), unsafe configuration."""
 
 
