@@ -1,7 +1,7 @@
 """The snippet under load shedding: a 503 with Retry-After is retried once, after the wait, as the same submission.
 
 The web's own shedding (a full group-commit queue answers 503 + Retry-After, nothing stored) is proven in
-tests/test_overload.py; here Chromium's network layer answers the snippet's first post(s) with that exact
+tests/forms/test_overload.py; here Chromium's network layer answers the snippet's first post(s) with that exact
 503 (body and headers as forms/app.py sends them), so the browser side is tested against a real leadsync
 for everything after it.
 """

@@ -20,8 +20,8 @@ from leadsync.storage.db import session_scope
 from leadsync.storage.migrate import upgrade
 from leadsync.storage.models import EmailSend
 from tests.conftest import apply_settings
+from tests.forms.test_forms_api import queued_tasks
 from tests.security.conftest import ENCODINGS, FORMS, assert_success_answer, post, rows
-from tests.test_forms_api import queued_tasks
 from tests.worker.helpers import process, submit
 
 MakeClient = Callable[..., TestClient]

@@ -26,8 +26,8 @@ from leadsync.worker.crm.service_state import PAUSE_STATE
 from leadsync.worker.mail.sending import deliver
 from leadsync.worker.mail.transport import FolderTransport
 from tests.conftest import apply_settings
+from tests.forms.test_subscriptions import path_of
 from tests.support.hubspot_emulator import HubSpotEmulator
-from tests.test_subscriptions import path_of
 from tests.worker import test_crm_sync
 from tests.worker.helpers import process, submit
 from tests.worker.test_crm_sync import FAST, contact, flush, state

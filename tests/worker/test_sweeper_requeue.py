@@ -20,8 +20,8 @@ from leadsync.storage.db import session_scope
 from leadsync.storage.models import Submission
 from leadsync.worker import tasks
 from tests.conftest import apply_settings
-from tests.test_forms_api import queued_tasks
-from tests.test_group_commit import message_args
+from tests.forms.test_forms_api import queued_tasks
+from tests.forms.test_group_commit import message_args
 from tests.worker.helpers import submit
 
 REQUEUE = 3.0  # seconds; production's SWEEP_REQUEUE_SECONDS is 300

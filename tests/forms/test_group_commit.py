@@ -27,7 +27,7 @@ from leadsync.forms.submit import store_batch
 from leadsync.storage.db import get_engine
 from leadsync.storage.submissions import NewSubmission
 from leadsync.worker.enqueue import enqueue_submissions
-from tests.test_forms_api import queued_tasks, submissions
+from tests.forms.test_forms_api import queued_tasks, submissions
 
 
 def new(n: int, **extra: object) -> NewSubmission:

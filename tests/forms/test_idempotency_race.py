@@ -8,7 +8,7 @@ read the key and found nothing, so both insert, the unique index lets one in and
 shows the same answer there.
 
 Example:
-    .venv/bin/pytest tests/test_idempotency_race.py -q
+    .venv/bin/pytest tests/forms/test_idempotency_race.py -q
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ so the group-commit writer's transaction waits inside PostgreSQL, exactly as und
 migration.
 
 Example:
-    .venv/bin/pytest tests/test_overload.py -q -p no:cacheprovider
+    .venv/bin/pytest tests/forms/test_overload.py -q -p no:cacheprovider
 """
 
 from __future__ import annotations

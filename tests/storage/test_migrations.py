@@ -2,7 +2,7 @@
 upgrades a populated database without losing or changing a row.
 
 Example:
-    .venv/bin/pytest tests/test_migrations.py -q
+    .venv/bin/pytest tests/storage/test_migrations.py -q
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from tests.support.services import PostgresServer, RedisServer, SmtpSink, find_b
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _refuses_connections(port: int) -> bool:

@@ -37,7 +37,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from tests.support.hubspot_emulator import HubSpotEmulator, Strict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ The posts pile up into one batch for real: a second connection holds an ACCESS E
 `submissions`, so the writer's first transaction waits inside PostgreSQL while the others queue behind it.
 
 Example:
-    .venv/bin/pytest tests/test_batch_rate_limit.py -q -p no:cacheprovider
+    .venv/bin/pytest tests/forms/test_batch_rate_limit.py -q -p no:cacheprovider
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from leadsync.config import Settings
 from leadsync.forms.app import create_app
 from leadsync.storage.models import Submission
 from tests.conftest import apply_settings
-from tests.test_overload import wait_until, waiting_on_locks
+from tests.forms.test_overload import wait_until, waiting_on_locks
 
 
 def script_calls(url: str) -> int:
