@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.end_to_end import MEASURED_TOKEN, SETUP_TOKEN, StampingHubSpot, Stamps, _bootstrap, _on_sigterm
+from bench.processes import print_verdicts
 from bench.raw_http import RawClient
 from leadsync.config import Settings
 from tests.support.services import PostgresServer, RedisServer, SmtpSink
@@ -312,19 +313,13 @@ def main() -> int:
             keep = True
             print(f"benchmark aborted; logs kept in {workdir}", file=sys.stderr)
             raise
-    passed = all(ok for ok, _ in checks)
     figures["config"] = {
         "newsletter": args.newsletter, "packets": args.packets, "post_seconds": args.post_seconds,
         "worker_concurrency": args.concurrency, "client_connections": args.connections,
         "hubspot_rate_limit_per_10s": args.hubspot_rate_limit,
         "arithmetic": arithmetic(len(posts), args.hubspot_rate_limit, notes),
     }  # fmt: skip
-    print(json.dumps(figures, indent=2))
-    for ok, text in checks:
-        print(("PASS " if ok else "FAIL ") + text)
-    if args.json is not None:
-        verdicts = [{"passed": ok, "text": text} for ok, text in checks]
-        args.json.write_text(json.dumps({"figures": figures, "checks": verdicts}, indent=2) + "\n")
+    passed = print_verdicts(figures, checks, args.json)
     if keep or not passed:
         print(f"logs: {workdir}")
     else:

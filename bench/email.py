@@ -21,7 +21,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -34,7 +33,16 @@ from typing import Any
 
 import httpx
 
-from bench.processes import Proc, RssSampler, cpu_seconds, descendants, free_port, start_services, wait_http
+from bench.processes import (
+    Proc,
+    RssSampler,
+    cpu_seconds,
+    descendants,
+    free_port,
+    print_verdicts,
+    start_services,
+    wait_http,
+)
 from tests.support.services import SmtpSink
 
 TARGET_PER_SECOND = 300
@@ -153,13 +161,7 @@ def main() -> int:
             f"{figures['duplicates']} duplicates",
         ),
     ]
-    print(json.dumps(figures, indent=2))
-    for ok, text in checks:
-        print(("PASS " if ok else "FAIL ") + text)
-    if args.json is not None:
-        verdicts = [{"passed": ok, "text": text} for ok, text in checks]
-        args.json.write_text(json.dumps({"figures": figures, "checks": verdicts}, indent=2) + "\n")
-    return 0 if all(ok for ok, _ in checks) else 1
+    return 0 if print_verdicts(figures, checks, args.json) else 1
 
 
 if __name__ == "__main__":

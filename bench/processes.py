@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from tests.support.services import PostgresServer, RedisServer, descendants, free_port
 
@@ -466,3 +467,14 @@ def run_wrk(
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed with code {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return parse_wrk(done.stdout)
+
+
+def print_verdicts(figures: dict[str, Any], checks: list[tuple[bool, str]], json_path: Path | None) -> bool:
+    """Print the figures as JSON and a PASS/FAIL line a check; write both to `json_path`; True if all passed."""
+    print(json.dumps(figures, indent=2))
+    for ok, text in checks:
+        print(("PASS " if ok else "FAIL ") + text)
+    if json_path is not None:
+        verdicts = [{"passed": ok, "text": text} for ok, text in checks]
+        json_path.write_text(json.dumps({"figures": figures, "checks": verdicts}, indent=2) + "\n")
+    return all(ok for ok, _ in checks)

@@ -4,7 +4,6 @@ what lands in the stub's records and in the database rows, no emulator and no ne
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import select, update
 
@@ -17,6 +16,7 @@ from leadsync.worker.crm.service_state import AUTH_STATE, PAUSE_STATE
 from leadsync.worker.crm.stub import StubCrm
 from leadsync.worker.crm.sync import FlushReport, flush_pending
 from tests.worker.helpers import process, submit
+from tests.worker.test_crm_sync import crm_states, state
 
 
 def flush(crm: StubCrm, settings: Settings) -> FlushReport:
@@ -29,23 +29,12 @@ def people(settings: Settings, count: int) -> None:
         process(submit("info-packet", email=f"p{index}@example.org", first_name=f"P{index}"), settings)
 
 
-def rows() -> dict[str, tuple[str, str | None]]:
-    with session_scope() as session:
-        return {c.email: (c.crm_status, c.hubspot_id) for c in session.scalars(select(Contact))}
-
-
-def state(key: str) -> dict[str, Any]:
-    with session_scope() as session:
-        row = session.get(ServiceState, key)
-        return dict(row.value) if row is not None else {}
-
-
 def test_a_flush_writes_each_contact_once_and_stores_the_stubs_record_ids(settings: Settings) -> None:
     people(settings, 6)
     crm = StubCrm(refuse={"p3@example.org": "INVALID_EMAIL"})
     report = flush(crm, settings)
     assert (report.claimed, report.synced, report.rejected, report.calls) == (6, 5, 1, 1)
-    states = rows()
+    states = crm_states()
     assert states.pop("p3@example.org") == ("rejected", None)
     assert {email: crm.records[record_id]["email"] for email, (_, record_id) in states.items() if record_id} == {
         email: email for email in states
@@ -79,7 +68,7 @@ def test_an_outage_pauses_every_flusher_and_a_refused_token_stops_them(settings:
     other = StubCrm(fingerprint="new-token")  # a changed token is tried at once, and clears the stop
     assert flush(other, settings).synced == 2
     assert state(AUTH_STATE)["ok"] is True and state(PAUSE_STATE)["failures"] == 0
-    assert {status for status, _ in rows().values()} == {"synced"}
+    assert {status for status, _ in crm_states().values()} == {"synced"}
 
 
 def test_a_partial_batch_waits_for_a_burst_to_fill_it_but_never_longer_than_the_fill_wait(settings: Settings) -> None:
