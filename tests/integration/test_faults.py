@@ -266,7 +266,9 @@ def test_sigterm_lets_in_flight_sends_finish(stack: LeadsyncStack, smtp: SmtpSin
     db = Db(stack.env["DATABASE_URL"])
     smtp.hold()
     assert post_people(stack, 10, "term") == [202] * 10
-    wait_for(lambda: smtp.held == CONCURRENCY, timeout=30, what="sends in flight")
+    # The first send task drains the due emails into its batch (worker/mail/sending.py): one conversation is
+    # held, the rest of its claim waits behind it. (Waiting for more would let the 4 s test lease run out.)
+    wait_for(lambda: smtp.held >= 1, timeout=30, what="sends in flight")
     worker = stack.workers[0]
     worker.send_signal(signal.SIGTERM)  # warm shutdown: no new tasks, finish the running ones
     time.sleep(1)
@@ -276,7 +278,7 @@ def test_sigterm_lets_in_flight_sends_finish(stack: LeadsyncStack, smtp: SmtpSin
     finished = db.count(select(func.count()).where(EmailSend.status == "sent"))
     # The running batches finish what they claimed (the held ones and the rest of their claim), record it, and
     # the worker exits: every email the server accepted is recorded `sent`, none is left unrecorded.
-    assert CONCURRENCY <= finished == len(smtp.received) <= 10
+    assert 1 <= finished == len(smtp.received) <= 10
 
     stack.start_worker(beat=True)  # the rest was left in the queue (late acks) or is swept up
     assert_one_email_each(smtp, 10, db)
