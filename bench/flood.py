@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import secrets
 import signal
@@ -49,6 +48,7 @@ from bench.processes import (
     cpu_seconds,
     free_port,
     parse_wrk,
+    print_verdicts,
     start_services,
     wait_for_log,
     wait_http,
@@ -247,15 +247,7 @@ def main() -> int:
         (p99 < P99_MS, f"real leads' p99 {p99:.0f} ms < {P99_MS:.0f} ms"),
         (growth < GROWTH_MB, f"database growth {growth:.1f} MB < {GROWTH_MB:.0f} MB"),
     ]
-    print(json.dumps(figures, indent=2))
-    for ok, text in checks:
-        print(("PASS " if ok else "FAIL ") + text)
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps({"figures": figures, "checks": [{"passed": bool(ok), "text": t} for ok, t in checks]}, indent=2)
-            + "\n"
-        )
-    return 0 if all(ok for ok, _ in checks) else 1
+    return 0 if print_verdicts(figures, checks, args.json) else 1
 
 
 if __name__ == "__main__":

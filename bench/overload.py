@@ -16,7 +16,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import secrets
 import subprocess
@@ -25,7 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.processes import BENCH, Proc, RssSampler, free_port, run_wrk, start_services, wait_http
+from bench.processes import (
+    BENCH,
+    Proc,
+    RssSampler,
+    free_port,
+    print_verdicts,
+    run_wrk,
+    start_services,
+    wait_http,
+)
 
 SCRIPT = BENCH / "overload.lua"
 P99_MS, RSS_MB = 1000.0, 150.0
@@ -95,14 +103,7 @@ def main() -> int:
         (result.p99_ms < P99_MS, f"p99 {result.p99_ms:.0f} ms < {P99_MS:.0f} ms"),
         (rss_mb < RSS_MB, f"web peak RSS {rss_mb:.0f} MB < {RSS_MB:.0f} MB"),
     ]
-    print(json.dumps(figures, indent=2))
-    for ok, text in checks:
-        print(("PASS " if ok else "FAIL ") + text)
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps({"figures": figures, "checks": [{"passed": ok, "text": t} for ok, t in checks]}, indent=2) + "\n"
-        )
-    return 0 if all(ok for ok, _ in checks) else 1
+    return 0 if print_verdicts(figures, checks, args.json) else 1
 
 
 if __name__ == "__main__":
