@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
@@ -22,10 +22,10 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    ValidationInfo,
 )
 
 from leadsync.kinds import FormKind
+from leadsync.phones import as_typed, phone_shaped, to_e164
 
 MESSAGES = {
     "newsletter": "You have Successfully Subscribed!",
@@ -40,8 +40,13 @@ NAME_MESSAGE = "Enter just your name: no web addresses, email addresses or < >."
 # Bidirectional overrides reorder how text is shown (a name that reads differently in the CRM): never needed in
 # a form field. Zero-width joiners stay: some scripts and emoji need them.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-# Digits (any script: phonenumbers reads them all), spaces, + ( ) - . / and an optional extension.
-_PHONE_SHAPE = re.compile(r"\+?[\d\s().\-/]*\d[\d\s().\-/]*(?:\s*(?:ext\.?|x|#)\s*\d{1,6})?", re.IGNORECASE)
+# What clean_text refuses, as one character class: Unicode's Cc (C0, DEL, C1: fixed by its stability policy),
+# Cs (surrogates), Zl, Zp, and the bidi controls. One regex search instead of a category lookup a character
+# (tests/security/test_validator_properties.py checks it against unicodedata for every code point).
+_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_REFUSED_MULTILINE = re.compile(  # the same, but tab and line feed
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 # What a name never holds but a phishing text does: a URL scheme or "www.", an address, markup, a domain
@@ -65,13 +70,39 @@ def person_name(value: str | None) -> str | None:
     return value
 
 
+# The everyday address: an ASCII dot-atom mailbox at a host name (RFC 5322's atext, as email_validator reads it).
+# Its mailbox part needs no check beyond this pattern, so only the domain goes to email_validator, once per
+# domain (cached): the full call costs ~60 µs a post, and a few domains (gmail.com, yahoo.com...) are most
+# visitors'. Anything else (quotes, Unicode, a domain literal, 254+ characters) takes the full path.
+# tests/security/test_validator_properties.py holds both paths to the same answers.
+_ATEXT = r"[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+"
+_PLAIN_ADDRESS = re.compile(rf"({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9.\-]+)")
+_EMAIL_MAX_LENGTH = 254  # RFC 5321's path limit, which email_validator enforces
+
+
 def normalize_email(value: str) -> str:
     """The dedupe key: syntax-checked, trimmed, lowercased. No guessing beyond that (dots, +tags stay)."""
+    value = value.strip()
+    plain = _PLAIN_ADDRESS.fullmatch(value)
+    if plain is not None and len(value) <= _EMAIL_MAX_LENGTH:
+        domain = _domain(plain[2])
+        if domain is None:
+            raise ValueError("Enter a valid email address.")
+        return f"{plain[1]}@{domain}".lower()
     try:
-        result = validate_email(value.strip(), check_deliverability=False)
+        result = validate_email(value, check_deliverability=False)
     except (EmailNotValidError, UnicodeError) as error:
         raise ValueError("Enter a valid email address.") from error
     return result.normalized.lower()
+
+
+@lru_cache(maxsize=1024)
+def _domain(domain: str) -> str | None:
+    """email_validator's reading of a domain (None: refused), asked with a mailbox that always passes."""
+    try:
+        return validate_email(f"a@{domain}", check_deliverability=False).domain
+    except (EmailNotValidError, UnicodeError):
+        return None
 
 
 def clean_text(value: str, multiline: bool = False, form: Literal["NFC", "NFKC"] = "NFKC") -> str:
@@ -84,12 +115,10 @@ def clean_text(value: str, multiline: bool = False, form: Literal["NFC", "NFKC"]
     """
     if multiline:
         value = value.replace("\r\n", "\n").replace("\r", "\n")
-    for char in value:
-        category = unicodedata.category(char)
-        if multiline and char in "\n\t":
-            continue
-        if category in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
-            raise ValueError(CONTROL_MESSAGE)
+    if (_REFUSED_MULTILINE if multiline else _REFUSED).search(value):
+        raise ValueError(CONTROL_MESSAGE)
+    if value.isascii():  # NFC and NFKC leave ASCII as it is
+        return value
     return unicodedata.normalize(form, value)
 
 
@@ -123,30 +152,20 @@ def _text(max_length: int) -> Any:
     return Annotated[line | None, BeforeValidator(_line)]
 
 
-def normalize_phone(value: str | None, region: str = "US") -> str | None:
-    """E.164 (`+12125550123`) when phonenumbers knows the number; otherwise the digits as typed.
-
-    Why keep an unknown number: people type local numbers without an area code or numbers newer than the
-    metadata, and the clinic would rather call than lose the lead. Anything not shaped like a phone number
-    (letters, markup) is refused with a field message.
-    """
+def phone_number(value: str | None) -> str | None:
+    """A phone number as typed (spaces collapsed), or ValueError when it is not shaped like one (letters,
+    markup). E.164 comes later, in the worker (leadsync/phones.py): it never decides a 4xx."""
     if value is None:
         return None
-    if not _PHONE_SHAPE.fullmatch(value):
+    if not phone_shaped(value):
         raise ValueError(PHONE_MESSAGE)
-    try:
-        number = phonenumbers.parse(value, region.upper())
-    except phonenumbers.NumberParseException:
-        return " ".join(value.split())
-    if not phonenumbers.is_valid_number(number):
-        return " ".join(value.split())
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return f"{e164} ext. {number.extension}" if number.extension else e164
+    return as_typed(value)
 
 
-def _phone(value: str | None, info: ValidationInfo) -> str | None:
-    region = (info.context or {}).get("phone_region", "US")
-    return normalize_phone(value, region)
+def normalize_phone(value: str | None, region: str = "US") -> str | None:
+    """What the contact ends with: the form's check, then E.164 when phonenumbers knows the number."""
+    typed = phone_number(value)
+    return None if typed is None else to_e164(typed, region)
 
 
 def _page_url(value: str | None) -> str | None:
@@ -222,7 +241,7 @@ class InfoPacketForm(MetaFields):
     email: Email
     first_name: Name
     last_name: OptionalName = None
-    phone: Annotated[_text(40), AfterValidator(_phone)] = None
+    phone: Annotated[_text(40), AfterValidator(phone_number)] = None
     interest: _text(200) = None
     message: Annotated[Annotated[str, StringConstraints(max_length=5000)] | None, BeforeValidator(_paragraphs)] = None
     newsletter_opt_in: Annotated[bool, BeforeValidator(lambda v: False if v in (None, "") else v)] = False
@@ -232,10 +251,10 @@ FormName = Literal["newsletter", "info-packet"]
 SCHEMAS: dict[str, type[MetaFields]] = {"newsletter": NewsletterForm, "info-packet": InfoPacketForm}
 
 
-def validate(form: str, data: dict[str, Any], phone_region: str = "US") -> tuple[MetaFields | None, dict[str, str]]:
+def validate(form: str, data: dict[str, Any]) -> tuple[MetaFields | None, dict[str, str]]:
     """Validate `data` for `form`: the parsed form, or field -> human message."""
     try:
-        return SCHEMAS[form].model_validate(data, context={"phone_region": phone_region}), {}
+        return SCHEMAS[form].model_validate(data), {}
     except ValidationError as error:
         return None, field_errors(error)
 

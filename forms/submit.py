@@ -50,7 +50,7 @@ async def submit(request: Request) -> Response:
     except PayloadError as error:
         return _errors(error.status, error.errors, html, form)
 
-    parsed, errors = validate(form, payload, settings.phone_default_region)
+    parsed, errors = validate(form, payload)
     if parsed is not None:
         errors.update(refused_email(getattr(parsed, "email", ""), settings))
     key = request.headers.get("idempotency-key")

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from leadsync.config import Settings
 from leadsync.kinds import EmailKind, FormKind, NewsletterStatus
 from leadsync.mailbox import mailbox_key
+from leadsync.phones import to_e164
 from leadsync.storage.contacts import lock_or_create_contacts, mark_for_sync
 from leadsync.storage.models import (
     Contact,
@@ -97,6 +98,7 @@ def _apply(
     settings: Settings,
     now: datetime,
 ) -> IntakeResult:
+    _phone_to_e164(submission, settings.phone_default_region)
     crm_changed = _merge_into(contact, submission) or created
     result = IntakeResult(contact_id=contact.id, contact_created=created)
 
@@ -128,6 +130,14 @@ def _apply(
     submission.processed_at = now
     submission.contact_id = contact.id
     return result
+
+
+def _phone_to_e164(submission: Submission, region: str) -> None:
+    """The form stored the number as typed (forms/schemas.py); from here on (the contact, the note sales
+    read, HubSpot's form entry) it is E.164 when the numbering plan knows it (leadsync/phones.py)."""
+    typed = (submission.fields or {}).get("phone")
+    if isinstance(typed, str) and typed and (e164 := to_e164(typed, region)) != typed:
+        submission.fields = {**submission.fields, "phone": e164}
 
 
 def _merge_into(contact: Contact, submission: Submission) -> bool:

@@ -16,6 +16,9 @@ from starlette.testclient import TestClient
 from leadsync.config import Settings
 from leadsync.forms.app import create_app
 from leadsync.forms.schemas import CONTROL_MESSAGE, PHONE_MESSAGE
+from leadsync.storage.db import session_scope
+from leadsync.storage.models import Contact, Submission
+from leadsync.worker.intake import process_submission
 from leadsync.worker.mail.compose import compose
 from tests.security.conftest import rows
 
@@ -125,7 +128,7 @@ def test_accepted_text_is_normalized(client: TestClient) -> None:
     [row] = rows()
     assert row.fields["first_name"] == "Annfi"
     assert row.fields["message"] == "Caf\u00e9\nsecond line\ttab"
-    assert row.fields["phone"] == "+12125550123"  # E.164
+    assert row.fields["phone"] == "(212) 555-0123"  # as typed: E.164 is the worker's (next test)
 
 
 @pytest.mark.parametrize(
@@ -133,14 +136,22 @@ def test_accepted_text_is_normalized(client: TestClient) -> None:
     [
         ("+44 20 7946 0958", "+442079460958"),
         ("212.555.0123", "+12125550123"),
-        ("\uff12\uff11\uff12 555 0123", "+12125550123"),  # fullwidth digits
+        ("\uff12\uff11\uff12 555 0123", "+12125550123"),  # fullwidth digits (NFKC at the form, then E.164)
         ("+1 212 555 0123 ext. 12", "+12125550123 ext. 12"),
         ("555-0100", "555-0100"),  # shaped like a phone number, unknown to the numbering plan: kept as typed
     ],
 )
-def test_phone_numbers_are_stored_as_e164_when_known(client: TestClient, typed: str, stored: str) -> None:
+def test_phone_numbers_reach_the_contact_as_e164_when_known(
+    client: TestClient, settings: Settings, typed: str, stored: str
+) -> None:
     assert client.post("/forms/info-packet", json={**PACKET, "phone": typed}).status_code == 202
-    assert rows()[0].fields["phone"] == stored
+    [row] = rows()
+    with session_scope() as session:
+        result = process_submission(session, row.id, settings)
+        contact = session.get_one(Contact, result.contact_id)
+        assert contact.phone == stored
+        # So does the submission, which the note sales read and HubSpot's form entry are built from.
+        assert session.get_one(Submission, row.id).fields["phone"] == stored
 
 
 def test_overlong_or_odd_headers_never_break_the_insert(client: TestClient) -> None:

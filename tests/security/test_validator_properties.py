@@ -4,8 +4,11 @@ it with field messages or returns values that are normalized, within their limit
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 
+import pytest
+from email_validator import EmailNotValidError, validate_email
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,6 +88,78 @@ def test_clean_text_refuses_exactly_the_control_characters_and_is_idempotent(tex
     assert once == unicodedata.normalize("NFKC", text)
 
 
+def test_clean_text_refuses_exactly_the_forbidden_categories_for_every_code_point() -> None:
+    # clean_text checks one regex, not unicodedata a character: the two must agree on all 1,114,112 points.
+    disagree = []
+    for point in range(sys.maxunicode + 1):
+        char = chr(point)
+        forbidden = unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS
+        if (refused_with(clean_text, char) == CONTROL_MESSAGE) != forbidden:
+            disagree.append(hex(point))
+        if char not in "\n\t\r" and (refused_with(clean_text, char, True) == CONTROL_MESSAGE) != forbidden:
+            disagree.append(f"{point:#x} (multiline)")
+    assert disagree == []
+
+
+def email_validator_answer(value: str) -> str | None:
+    """The referee: email_validator's own normalized address, lowercased, or None when it refuses."""
+    try:
+        return validate_email(value.strip(), check_deliverability=False).normalized.lower()
+    except (EmailNotValidError, UnicodeError):
+        return None
+
+
+# Addresses built to sit on the edges of the plain-address path (forms/schemas.py): atext and its neighbours,
+# dots in odd places, domains with special-use names, numeric or one-letter TLDs, labels of 63/64 characters,
+# totals around 254, Unicode, quotes and a second @.
+ATEXT = "abcXYZ019_!#$%&'*+-/=?^`{|}~"
+local_parts = st.one_of(
+    st.text(alphabet=ATEXT + '."@ \\()<>,;:[]é', min_size=0, max_size=12),
+    st.from_regex(r"[a-z0-9]{1,64}(\.[a-z0-9]{1,10}){0,3}", fullmatch=True),
+    st.integers(60, 70).map(lambda n: "a" * n),
+)
+labels = st.one_of(
+    st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True),
+    st.sampled_from(["-a", "a-", "xn--bcher-kva", "xn--zz", "ü", "a_b", "1", "123", ""]),
+    st.integers(62, 65).map(lambda n: "b" * n),
+)
+tlds = st.sampled_from(
+    ["org", "com", "ORG", "test", "local", "localhost", "invalid", "onion", "arpa", "example", "1", "123", "a",
+     "co.uk", "museum", "xn--p1ai", ""]
+)  # fmt: skip
+domains = st.builds(lambda parts, tld: ".".join([*parts, tld]), st.lists(labels, max_size=4), tlds)
+addresses = st.one_of(
+    st.builds(lambda local, domain: f"{local}@{domain}", local_parts, domains),
+    st.builds(lambda n, domain: "a" * n + "@" + domain, st.integers(230, 250), domains),  # around 254 in all
+    st.builds(lambda a, b: f"{a}@{b}@example.org", local_parts, local_parts),
+    st.emails(),
+)
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(addresses)
+def test_normalize_email_agrees_with_email_validator_on_every_address(email: str) -> None:
+    # The plain-address path checks the mailbox itself and asks email_validator only about the (cached)
+    # domain; whatever the address, the answer must be the library's: the same key, or the same refusal.
+    expected = email_validator_answer(email)
+    if expected is None:
+        assert refused_with(normalize_email, email) == "Enter a valid email address."
+    else:
+        assert normalize_email(email) == expected
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["ann@example.org", "Ann.Lee+news@Example.ORG", "a@b.local", "a@localhost", "a@123", "a..b@example.org",
+     "a" * 242 + "@example.org", "a" * 243 + "@example.org", "a@" + "b" * 64 + ".org", "a@-b.org", "a@b_c.org"],
+)  # fmt: skip
+def test_normalize_email_agrees_with_email_validator_on_the_edges(email: str) -> None:
+    expected = email_validator_answer(email)
+    assert (normalize_email(email) if expected else refused_with(normalize_email, email)) == (
+        expected or "Enter a valid email address."
+    )
+
+
 @SETTINGS
 @given(st.emails())
 def test_normalized_emails_are_stable_lowercase_and_header_safe(email: str) -> None:
@@ -110,6 +185,7 @@ def test_plain_addresses_are_always_accepted(email: str) -> None:
 @SETTINGS
 @given(st.from_regex(r"\+?[0-9 ().\-]{1,30}", fullmatch=True))
 def test_phone_numbers_become_e164_or_stay_as_typed_never_anything_else(typed: str) -> None:
+    # normalize_phone: the form's check (phone_number, on the request path) and then the worker's E.164.
     value = typed.strip() or None
     if value is None:
         assert normalize_phone(value) is None  # a blank field is an absent field
