@@ -12,11 +12,24 @@ import logging
 from leadsync.worker.celery_app import QUEUES, TASK_ROUTES, app
 
 log = logging.getLogger(__name__)
+REPR_MAX = 1024  # Celery's own cut for argsrepr
 
 
 def _send(name: str, args: list[object], countdown: float | None = None) -> bool:
+    # The arguments' repr (logs, Flower) made here: Celery's own saferepr walks the ids in Python, a third of a
+    # publish's ~0.8 ms of CPU for a group commit's 20 ids; ids need no escaping beyond repr.
+    shown = repr(args)
+    shown = shown if len(shown) <= REPR_MAX else shown[: REPR_MAX - 3] + "..."
     try:
-        app.send_task(name, args=args, queue=TASK_ROUTES[name]["queue"], retry=False, countdown=countdown)
+        app.send_task(
+            name,
+            args=args,
+            queue=TASK_ROUTES[name]["queue"],
+            retry=False,
+            countdown=countdown,
+            argsrepr=shown,
+            kwargsrepr="{}",
+        )
     except Exception as error:  # the broker being down must never fail the caller
         log.warning("enqueue of %s failed, the sweeper will retry: %r", name, error)
         return False

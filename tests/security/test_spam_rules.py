@@ -5,10 +5,14 @@ Runs on the embedded default (counters in memory) and on Redis + PostgreSQL (cou
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -158,6 +162,34 @@ def test_disposable_list_and_client_keys() -> None:
     assert client_key(None) == "unknown"
     # uvicorn bound to :: reports IPv4 visitors as IPv4-mapped IPv6: the same visitor, the same counter.
     assert client_key("::ffff:203.0.113.9") == "203.0.113.9"
+
+
+def parsed_key(ip: str) -> str:
+    """The key by ipaddress alone, as client_key worked out every key before its IPv4 shortcut."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if (mapped := getattr(address, "ipv4_mapped", None)) is not None:
+        return str(mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False)) if address.version == 6 else str(address)
+
+
+octets = st.one_of(st.integers(0, 999).map(str), st.integers(0, 255).map(lambda n: f"0{n}"), st.sampled_from(["", "x"]))
+
+
+@hypothesis_settings(max_examples=2000, deadline=None, derandomize=True)
+@given(
+    st.one_of(
+        st.lists(octets, min_size=3, max_size=5).map(".".join),
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=4).map(lambda v4: f"::ffff:{v4}"),  # IPv4-mapped, written as uvicorn reports it
+        st.ip_addresses(v=4).map(lambda v4: f"2001:db8::{v4}"),  # IPv6 with a dotted tail
+        st.text(max_size=20),
+    )
+)
+def test_the_ipv4_shortcut_gives_every_address_the_key_ipaddress_gives_it(ip: str) -> None:
+    assert client_key(ip) == (parsed_key(ip) if ip else "unknown")
 
 
 @pytest.mark.parametrize("form", FORMS)
