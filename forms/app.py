@@ -31,7 +31,7 @@ from leadsync.forms.security import SecurityHeadersMiddleware, UnwrapMappedClien
 from leadsync.forms.shedding import OVERLOADED_MESSAGE as OVERLOADED_MESSAGE  # tests and pages import it here
 from leadsync.forms.shedding import ShedLoad, overloaded
 from leadsync.forms.spam import SpamGuard
-from leadsync.forms.submit import store_batch, submit
+from leadsync.forms.submit import FormEndpoint, store_batch
 from leadsync.forms.tokens import token_endpoint
 from leadsync.worker.enqueue import enqueue_submissions
 
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.signing_keys  # noqa: B018 -- MissingSecret now, not a 500 on the first post (`uvicorn --factory`)
     routes = [
         Route("/forms/token", token_endpoint, methods=["GET"]),
-        Route("/forms/{form:str}", submit, methods=["POST"]),
+        Route("/forms/{form:str}", FormEndpoint(), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

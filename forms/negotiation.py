@@ -6,11 +6,13 @@ Plain HTML form posts (a browser without JavaScript) get redirects and pages; sc
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope
 
 
 class PayloadError(Exception):
@@ -22,32 +24,65 @@ class PayloadError(Exception):
         self.errors = errors
 
 
-def wants_html(request: Request) -> bool:
+class FormPost:
+    """One form post as the endpoint reads it, straight from ASGI: its headers decoded once into a dict (the
+    first of a repeated header wins, as in Starlette's `Headers.get`), then its body.
+
+    Why not Starlette's Request on this path: each `headers.get` there walks and decodes the raw list again
+    (seven lookups a post), and the Request/Response wrappers around an endpoint cost more than the reading
+    itself (forms/submit.py `FormEndpoint`; docs/benchmarks.md). Other routes keep Starlette's objects.
+    """
+
+    __slots__ = ("headers", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        self.headers = headers
+
+    @property
+    def client_host(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    def request(self) -> Request:
+        """Starlette's Request for the same post (multipart parsing, back links on the rare HTML answers)."""
+        return Request(self.scope, self.receive)
+
+
+def wants_html(headers: Mapping[str, str]) -> bool:
     """Browsers posting a form accept text/html; JSON bodies and API clients get JSON."""
-    if request.headers.get("content-type", "").startswith("application/json"):
+    if headers.get("content-type", "").startswith("application/json"):
         return False
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept
+    return "text/html" in headers.get("accept", "")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(post: FormPost, max_bytes: int) -> bytes:
     """The body, refused with 413 past `max_bytes` (checked before and while reading)."""
-    declared = request.headers.get("content-length")
+    declared = post.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
         raise PayloadError(413, {"body": f"The form is too large (at most {max_bytes} bytes)."})
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await post.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise PayloadError(413, {"body": f"The form is too large (at most {max_bytes} bytes)."})
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-async def read_payload(request: Request, max_bytes: int) -> dict[str, Any]:
+async def read_payload(post: FormPost, max_bytes: int) -> dict[str, Any]:
     """Field name -> value from a JSON, urlencoded or multipart body (first value wins on repeats)."""
-    body = await read_body(request, max_bytes)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(post, max_bytes)
+    content_type = post.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
             data = json.loads(body or b"{}", parse_constant=_no_constant)
@@ -63,6 +98,7 @@ async def read_payload(request: Request, max_bytes: int) -> dict[str, Any]:
             raise PayloadError(400, {"body": "The form data could not be read."}) from None
         return _first_values(pairs)
     if content_type == "multipart/form-data":
+        request = post.request()
         request._body = body  # parse the bytes already read and size-checked
         try:
             form = await request.form(max_files=0, max_fields=100, max_part_size=max_bytes)

@@ -58,7 +58,7 @@ RATE_SMOOTHING = 0.3
 def overloaded(request: Request, _: Exception | None = None) -> Response:
     """503 with Retry-After: the group-commit queue is full (forms/group_commit.py); nothing was stored."""
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    if wants_html(request):
+    if wants_html(request.headers):
         return render_errors(503, {"service": OVERLOADED_MESSAGE}, None, headers=headers)
     return JSONResponse({"errors": {"service": OVERLOADED_MESSAGE}}, status_code=503, headers=headers)
 

@@ -18,17 +18,18 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.requests import Request
+from starlette.datastructures import State
 from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from leadsync import logs
 from leadsync.config import Settings
-from leadsync.forms.negotiation import PayloadError, read_payload, wants_html
+from leadsync.forms.negotiation import FormPost, PayloadError, read_payload, wants_html
 from leadsync.forms.pages import back_link, render_errors
 from leadsync.forms.schemas import FORM_KEYS, MESSAGES, MetaFields, validate
 from leadsync.forms.spam import SpamGuard, refused_email
@@ -39,32 +40,60 @@ from leadsync.storage.submissions import NewSubmission, StoreOutcome, store_subm
 log = logging.getLogger(__name__)
 
 
-async def submit(request: Request) -> Response:
-    form: str = request.path_params["form"]
-    settings: Settings = request.app.state.settings
-    html = wants_html(request)
+class FormEndpoint:
+    """POST /forms/{form}, run by Starlette's Route as a plain ASGI app (a class, so Route adds no
+    Request/Response wrapper). The common answer, 202 JSON, is sent as two ASGI messages; errors, HTML
+    answers and redirects are Starlette responses. The middleware (security headers, CORS, shedding) is
+    the app's, as for every route."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        post = FormPost(scope, receive)
+        response = await submit(post)
+        if isinstance(response, Accepted):
+            await send({"type": "http.response.start", "status": 202, "headers": response.headers})
+            await send({"type": "http.response.body", "body": response.body})
+        else:
+            await response(scope, receive, send)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The 202 JSON answer, ready for the wire."""
+
+    body: bytes
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+
+
+async def submit(post: FormPost) -> Response | Accepted:
+    form: str = post.scope["path_params"]["form"]
+    state = post.scope["app"].state
+    settings: Settings = state.settings
+    html = wants_html(post.headers)
     if form not in MESSAGES:
         return _errors(404, {"form": f"Unknown form; use one of: {', '.join(MESSAGES)}."}, html, form)
     try:
-        payload = await read_payload(request, settings.max_body_bytes)
+        payload = await read_payload(post, settings.max_body_bytes)
     except PayloadError as error:
         return _errors(error.status, error.errors, html, form)
 
     parsed, errors = validate(form, payload)
     if parsed is not None:
         errors.update(refused_email(getattr(parsed, "email", ""), settings))
-    key = request.headers.get("idempotency-key")
+    key = post.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         errors["Idempotency-Key"] = "Must be 1 to 255 printable characters."
     if errors or parsed is None:
         return _errors(422, errors, html, form)
 
-    new = _new_submission(request, form, parsed, payload, key)
+    new = _new_submission(post, settings, form, parsed, payload, key)
     # The same rules for every form and encoding; spam is counted and answered like a success (forms/spam.py).
     # The rate limits are counted for the whole batch by the group-commit writer (SpamGuard.count).
-    new = replace(new, spam_reason=_guard(request).content_reason(parsed))
+    new = replace(new, spam_reason=_guard(state).content_reason(parsed))
     try:
-        outcome = await request.app.state.group_commit.store(new)
+        outcome = await state.group_commit.store(new)
     except SQLAlchemyError:  # logged once for the whole batch (forms/group_commit.py)
         return _unavailable(html)
     if outcome.key_conflict:
@@ -72,14 +101,16 @@ async def submit(request: Request) -> Response:
     logs.bind(submission_id=outcome.submission_id)  # on every later line of this request
     if not outcome.created:
         log.info("submission replayed (same Idempotency-Key): form=%s", new.form)
-    return _accepted(form, outcome.submission_id, html, settings, request, new.page_url)
+    if html:
+        return _thank_you(form, settings, post, new.page_url)
+    return _accepted(form, outcome.submission_id)
 
 
-def _guard(request: Request) -> SpamGuard:
+def _guard(state: State) -> SpamGuard:
     """The app's SpamGuard (its counters live as long as the app)."""
-    guard = getattr(request.app.state, "spam_guard", None)
+    guard = getattr(state, "spam_guard", None)
     if guard is None:
-        guard = request.app.state.spam_guard = SpamGuard(request.app.state.settings)
+        guard = state.spam_guard = SpamGuard(state.settings)
     return guard
 
 
@@ -97,15 +128,17 @@ def store_batch(batch: Sequence[NewSubmission]) -> list[StoreOutcome]:
         return store_submissions(session, batch)
 
 
-def _header_text(request: Request, name: str, max_length: int) -> str | None:
+def _header_text(post: FormPost, name: str, max_length: int) -> str | None:
     """A request header fit for a column: control characters dropped, cut to the column's length."""
-    value = "".join(char for char in request.headers.get(name, "") if char.isprintable())
+    value = post.headers.get(name, "")
+    if not value.isprintable():
+        value = "".join(char for char in value if char.isprintable())
     return value[:max_length] or None
 
 
-def _referer(request: Request) -> str | None:
+def _referer(post: FormPost) -> str | None:
     """The Referer as a fallback page URL, only when it is a web address that fits the column."""
-    value = _header_text(request, "referer", 4096)
+    value = _header_text(post, "referer", 4096)
     if value and len(value) <= 2048 and value.lower().startswith(("http://", "https://")):
         return value
     return None
@@ -122,7 +155,9 @@ def _raw_value(value: object) -> object:
     return str(value)[:200]
 
 
-def _new_submission(request: Request, form: str, parsed: MetaFields, payload: dict, key: str | None) -> NewSubmission:
+def _new_submission(
+    post: FormPost, settings: Settings, form: str, parsed: MetaFields, payload: dict, key: str | None
+) -> NewSubmission:
     fields = parsed.model_dump(exclude={"website", "ts_token"}, exclude_none=True)
     email = fields.pop("email")
     # Only a retry with the same Idempotency-Key is compared with its first post's hash: without a key, the
@@ -130,8 +165,8 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
     request_hash = (
         hashlib.sha256(json.dumps([form, email, fields], sort_keys=True).encode()).hexdigest() if key else None
     )
-    client = request.client.host if request.client else None
-    user_agent = _header_text(request, "user-agent", 512)
+    client = post.client_host
+    user_agent = _header_text(post, "user-agent", 512)
     known = type(parsed).model_fields  # the payload as received, but only the form's own fields
     return NewSubmission(
         form=FORM_KEYS[form],
@@ -140,11 +175,11 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
         raw={k: _raw_value(v) for k, v in payload.items() if k in known and not isinstance(v, dict | list)},
         ip=client,
         user_agent=user_agent,
-        page_url=parsed.page_url or _referer(request),
+        page_url=parsed.page_url or _referer(post),
         utm=parsed.utm(),
         consent={
             "newsletter": FORM_KEYS[form] == FormKind.NEWSLETTER or bool(fields.get("newsletter_opt_in")),
-            "text_version": request.app.state.settings.consent_text_version,
+            "text_version": settings.consent_text_version,
             "ip": client,
             "user_agent": user_agent,
             "page_url": parsed.page_url,
@@ -154,16 +189,19 @@ def _new_submission(request: Request, form: str, parsed: MetaFields, payload: di
     )
 
 
-def _accepted(
-    form: str, submission_id: str, html: bool, settings: Settings, request: Request, page_url: str | None
-) -> Response:
-    if html:
-        query = {"form": form}
-        if back := back_link(page_url, request):  # the thank-you page links back to the article
-            query["back"] = back
-        separator = "&" if "?" in settings.thank_you_url else "?"
-        return RedirectResponse(f"{settings.thank_you_url}{separator}{urlencode(query)}", status_code=303)
-    return JSONResponse({"status": "accepted", "id": submission_id, "message": MESSAGES[form]}, status_code=202)
+def _thank_you(form: str, settings: Settings, post: FormPost, page_url: str | None) -> Response:
+    """A browser without JavaScript: 303 to the thank-you page, which links back to the article."""
+    query = {"form": form}
+    if back := back_link(page_url, post.request()):
+        query["back"] = back
+    separator = "&" if "?" in settings.thank_you_url else "?"
+    return RedirectResponse(f"{settings.thank_you_url}{separator}{urlencode(query)}", status_code=303)
+
+
+def _accepted(form: str, submission_id: str) -> Accepted:
+    # Written as Starlette's JSONResponse writes JSON (compact, UTF-8), like every other answer of the API.
+    answer = {"status": "accepted", "id": submission_id, "message": MESSAGES[form]}
+    return Accepted(json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _errors(status: int, errors: dict[str, str], html: bool, form: str) -> Response:
