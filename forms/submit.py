@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from sqlalchemy import text
@@ -88,10 +88,10 @@ async def submit(post: FormPost) -> Response | Accepted:
     if errors or parsed is None:
         return _errors(422, errors, html, form)
 
-    new = _new_submission(post, settings, form, parsed, payload, key)
     # The same rules for every form and encoding; spam is counted and answered like a success (forms/spam.py).
     # The rate limits are counted for the whole batch by the group-commit writer (SpamGuard.count).
-    new = replace(new, spam_reason=_guard(state).content_reason(parsed))
+    spam_reason = _guard(state).content_reason(parsed)
+    new = _new_submission(post, settings, form, parsed, payload, key, spam_reason)
     try:
         outcome = await state.group_commit.store(new)
     except SQLAlchemyError:  # logged once for the whole batch (forms/group_commit.py)
@@ -156,7 +156,13 @@ def _raw_value(value: object) -> object:
 
 
 def _new_submission(
-    post: FormPost, settings: Settings, form: str, parsed: MetaFields, payload: dict, key: str | None
+    post: FormPost,
+    settings: Settings,
+    form: str,
+    parsed: MetaFields,
+    payload: dict,
+    key: str | None,
+    spam_reason: str | None,
 ) -> NewSubmission:
     fields = parsed.model_dump(exclude={"website", "ts_token"}, exclude_none=True)
     email = fields.pop("email")
@@ -186,6 +192,7 @@ def _new_submission(
         },
         idempotency_key=key,
         request_hash=request_hash,
+        spam_reason=spam_reason,
     )
 
 

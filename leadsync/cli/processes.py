@@ -110,13 +110,14 @@ def web(host: str, port: int, workers: int) -> None:
     """Serve the form endpoints."""
     import uvicorn
 
+    from leadsync import web_workers
     from leadsync.logs import uvicorn_log_config
     from leadsync.preflight import refuse_unsafe_start
 
     settings = get_settings()
     refuse_unsafe_start(settings, "web")
-    uvicorn.run(
-        "leadsync.forms.app:create_app",
+    options = dict(
+        app="leadsync.forms.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -133,6 +134,10 @@ def web(host: str, port: int, workers: int) -> None:
         limit_concurrency=settings.web_limit_concurrency,
         **serving.proxy_options(settings),
     )
+    if workers > 1:  # each process on a socket of its own: connections spread evenly (leadsync/web_workers.py)
+        web_workers.serve(uvicorn.Config(**options))
+    else:
+        uvicorn.run(**options)
 
 
 def _celery_globals(app: Any) -> list[str]:
