@@ -166,7 +166,11 @@ def run_leadsync(
 ) -> Measured:
     """leadsync web under load (a fresh database "leadsync" unless `database`, its URL, is given); then,
     with `drain`, one worker processing everything stored."""
+    import redis
+
     port = free_port()
+    # A fresh broker too: an earlier round's messages name submissions of a database dropped since.
+    redis.Redis.from_url(services.redis_url(0)).flushdb()
     env = services.leadsync_env(database or services.database("leadsync"), redis_db=0, **LEADSYNC_OVERRIDES)
     home = services.workdir / "leadsync"  # the working directory: no stray .env is read
     home.mkdir(parents=True, exist_ok=True)
