@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from leadsync.kinds import FormKind
-from leadsync.phones import as_typed, phone_shaped, to_e164
+from leadsync.phones import as_typed, phone_shaped
 
 MESSAGES = {
     "newsletter": "You have Successfully Subscribed!",
@@ -160,12 +160,6 @@ def phone_number(value: str | None) -> str | None:
     if not phone_shaped(value):
         raise ValueError(PHONE_MESSAGE)
     return as_typed(value)
-
-
-def normalize_phone(value: str | None, region: str = "US") -> str | None:
-    """What the contact ends with: the form's check, then E.164 when phonenumbers knows the number."""
-    typed = phone_number(value)
-    return None if typed is None else to_e164(typed, region)
 
 
 def _page_url(value: str | None) -> str | None:
