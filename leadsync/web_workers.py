@@ -24,13 +24,32 @@ from uvicorn.supervisors import multiprocess
 
 def listen(config: Config) -> socket.socket:
     """A listening socket of this process's own, in the SO_REUSEPORT group of config.host:config.port."""
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(config), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((config.host, config.port))
     sock.listen(config.backlog)
     return sock
+
+
+def refuse_if_taken(config: Config) -> None:
+    """SystemExit when something listens on config.host:config.port already.
+
+    Why: SO_REUSEPORT would let this start join an old `leadsync web` still running there (after a careless
+    redeploy) and share the visitors with it, silently. A plain bind, without SO_REUSEPORT, conflicts with any
+    listener, ours included, so the port is checked that way before the workers start, as uvicorn's own bind
+    refuses a taken port.
+    """
+    with socket.socket(_family(config), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT are no listener
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as error:
+            raise SystemExit(f"leadsync web: cannot listen on {config.host}:{config.port}: {error.strerror}") from None
+
+
+def _family(config: Config) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in config.host else socket.AF_INET
 
 
 class ReusePortProcess(multiprocess.Process):
@@ -47,5 +66,6 @@ def serve(config: Config) -> None:
     SIGTTIN); pointing it at ReusePortProcess is the whole change. This process (`leadsync web`) only
     supervises, so the name is changed nowhere else.
     """
+    refuse_if_taken(config)
     multiprocess.Process = ReusePortProcess  # type: ignore[misc]
     multiprocess.Multiprocess(config, sockets=[]).run()

@@ -13,6 +13,8 @@ import contextlib
 import os
 import re
 import socket
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ from sqlalchemy.orm import Session
 from leadsync.storage.models import Submission
 from tests.support.hubspot_emulator import HubSpotEmulator
 from tests.support.services import SmtpSink
-from tests.support.stack import LeadsyncStack, services_env, wait_for
+from tests.support.stack import TEST_SECRET, LeadsyncStack, services_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +98,28 @@ def test_web_with_2_workers_beat_and_a_worker_as_separate_processes_deliver_ever
             connection.close()
     # (>= 64: the stack's own client may hold one more.) A hash split: 32 +- 4 typically, below 16 about never.
     assert sum(held) >= 64 and held[0] >= 16, held
+
+
+def test_web_with_workers_refuses_a_port_an_older_web_still_listens_on(tmp_path: Path) -> None:
+    # An older `leadsync web --workers 2` left running (its sockets set SO_REUSEPORT, as ours do): a new one must
+    # not quietly join it and share the visitors, but refuse, as a plain bind would.
+    with socket.socket() as older:
+        older.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        older.bind(("127.0.0.1", 0))
+        older.listen()
+        port = older.getsockname()[1]
+        env = {
+            **os.environ,
+            "DEV_MODE": "1",
+            "FORM_TOKEN_SECRET": TEST_SECRET,
+            "VAR_DIR": str(tmp_path / "var"),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'leadsync.db'}",
+            "BROKER_URL": "filesystem://",
+        }
+        command = [sys.executable, "-m", "leadsync", "web", "--workers", "2", "--port", str(port)]
+        started = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in started.stderr
 
 
 LISTEN, ESTABLISHED = "0A", "01"  # the st column of /proc/net/tcp
