@@ -18,7 +18,8 @@ Why an estimate and not only a fixed in-flight cap: the rate a process answers a
 Alone on 2 cores one process answers ~1,300 posts/s, so 128 in flight wait ~0.1 s; on the shared machine
 with load 5 it answered ~300/s, the same 128 waited ~0.43 s at the median and 1.47 s at p99 (`./bench/run
 overload`, docs/benchmarks.md "Under pressure"). The estimate keeps the admitted wait near the target
-whatever the speed; below MIN_IN_FLIGHT posts nothing is shed (a burst after a quiet spell has no rate yet).
+whatever the speed; below MIN_IN_FLIGHT posts nothing is shed (a burst after a quiet spell, or on a process
+just started beside busy workers, is answered a little late rather than turned away).
 
 Example:
     app = ShedLoad(starlette_app, group_commit, max_in_flight=128)    # forms/app.py wraps the routes with it
@@ -48,7 +49,12 @@ SUSPECT_MAX_IN_FLIGHT = 2  # posts in progress for an address that sent spam lat
 # A spamming address's shed answers wait longer: its connections then cost the loop 1 answer a second each
 # instead of 4 (`./bench/run flood`: 64 connections gave ~230 503s a second at 0.25 s, the web at 0.46 of a core).
 SUSPECT_SHED_PAUSE_SECONDS = 1.0
-MIN_IN_FLIGHT = 16  # always admitted: a process answers 16 posts well inside the target on any machine
+# Always admitted, whatever the estimate: a burst of this many waits at most MIN_IN_FLIGHT / rate, which at the
+# ~14 posts/s of a web starved by workers starting beside it is ~4.5 s, better for a visitor than a 503 and a
+# retry. With 16, 50 posts at once on a just-started stack were shed on that cold rate (the CI run of
+# tests/integration/test_topology.py); 64 is also `./bench/run intake`'s connection count, and the overload
+# past it is still bounded by max_in_flight and by GroupCommit's admission deadline.
+MIN_IN_FLIGHT = 64
 RATE_WINDOW_SECONDS = 0.5  # the answer rate is measured over windows this long; older than 2 windows: unknown
 # Each window's rate weighs this much against the ones before: at 0.5 s windows a change shows fully in ~2 s.
 # Unsmoothed, `./bench/run intake` (-c64, load 4-5) shed 22 of 28,327 posts on single slow windows.

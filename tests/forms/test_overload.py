@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from leadsync.config import Settings
 from leadsync.forms.app import OVERLOADED_MESSAGE, create_app
 from leadsync.forms.group_commit import ADMISSION_DEADLINE_SECONDS, ARRIVED, GroupCommit, Overloaded
-from leadsync.forms.shedding import ShedLoad
+from leadsync.forms.shedding import MIN_IN_FLIGHT, ShedLoad
 from leadsync.forms.submit import store_batch
 from leadsync.storage.models import Submission
 from leadsync.storage.submissions import NewSubmission
@@ -230,6 +230,42 @@ def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
         assert shed.status_code == 503 and shed.headers["retry-after"] == "2"
         assert shed.json() == {"errors": {"service": OVERLOADED_MESSAGE}}
 
+    asyncio.run(scenario())
+
+
+def test_a_burst_below_the_floor_is_admitted_however_slow_the_process_just_was() -> None:
+    # A web starting beside busy workers answered ~14 posts/s; 50 posts at once were then shed on that rate
+    # (in_flight / rate >> the 0.2 s target). Below MIN_IN_FLIGHT the estimate is not asked: with a measured
+    # 10 posts/s, 64 posts in flight are admitted, the 65th is shed.
+    now = [0.0]
+    release = asyncio.Event()
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    door = ShedLoad(endpoint, GroupCommit(store_batch, enqueue_submissions), max_in_flight=128, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=door)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            post = lambda: client.post("/forms/newsletter", json={"email": "a@example.org"})  # noqa: E731
+            release.set()
+            for step in range(1, 6):  # 5 answers in 0.5 s: 10 posts/s
+                now[0] = step * 0.1
+                assert (await post()).status_code == 202
+            assert door.rate == pytest.approx(10.0)
+            release.clear()
+            burst = [asyncio.create_task(post()) for _ in range(MIN_IN_FLIGHT)]
+            await wait_until(lambda: door.in_flight == MIN_IN_FLIGHT, "the burst was not admitted")
+            shed = await asyncio.wait_for(post(), timeout=5)
+            release.set()
+            answers = await asyncio.gather(*burst)
+        assert [answer.status_code for answer in answers] == [202] * MIN_IN_FLIGHT
+        assert shed.status_code == 503
+
+    assert MIN_IN_FLIGHT >= 50  # tests/integration/test_topology.py posts 50 at once to a just-started web
     asyncio.run(scenario())
 
 
