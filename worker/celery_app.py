@@ -26,7 +26,7 @@ from kombu import pools
 
 from leadsync import logs, metrics
 from leadsync.config import Settings, get_settings
-from leadsync.worker import filesystem_broker
+from leadsync.worker import filesystem_broker, redis_broker
 
 QUEUES = ("intake", "email", "crm")
 TASK_ROUTES = {
@@ -62,6 +62,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.05,  # ~50 ms pickup instead of the default 1 s
         }
     elif url.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport, publishing through one client a pool instead of a new one a message
+        # (worker/redis_broker.py); rediss:// keeps kombu's own, whose TLS defaults go by the scheme's name.
+        url = url.replace("redis://", f"{redis_broker.SCHEME}://", 1) if url.startswith("redis://") else url
         transport_options = {
             "visibility_timeout": TASK_TIME_LIMIT * 4,
             # Publishing fails fast instead of retrying for seconds: a request must never wait on a
