@@ -4,8 +4,8 @@ A commit per request costs about 2 ms of Python CPU (SQLAlchemy, the driver), so
 tops out near 400 commits a second however fast the disk is. Here each request puts its submission
 in a queue and waits; one writer takes everything queued, stores it with `store_submissions` in a
 single transaction in a thread, and answers every waiting request at once. Under load the batches
-grow by themselves (whatever arrived while the previous transaction committed); a lone request is
-committed at once, without waiting for company.
+grow by themselves (whatever arrived while the previous transaction committed), and a busy batch waits
+LINGER_SECONDS for the posts on their way; a lone request is committed at once, without waiting for company.
 
 The queue is bounded (INTAKE_QUEUE_MAX): past saturation a post is answered 503 with Retry-After at once
 (`Overloaded`, checked before the body is even read by forms/shedding.py's `ShedLoad`, and again here) instead
@@ -53,6 +53,14 @@ RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second;
 # the tail of the 202s grew past 2 s at -c 256 on a busy machine (docs/benchmarks.md "Under pressure"). The
 # aim: a 202 within 0.5 s + one commit; the rest of the wait is in front of the app (uvicorn, the loop).
 ADMISSION_DEADLINE_SECONDS = 0.5
+# A batch costs ~2.5 ms of the writer's CPU whatever its size (the rate-limit script, the publish, the commit's
+# round trips) plus ~50 us a post: ~240 us a post in batches of 16, ~150 in batches of 32 (`./bench/run
+# group_commit`; docs/benchmarks.md "Intake, fourth round"). Under `wrk -c64` two processes' batches
+# alternated between two halves of ~16 (one half queued while the other committed); waiting 2 ms once a batch
+# is busy lets the other half join: web CPU a post 0.67-0.73 -> 0.55-0.61 ms, p99 52-64 -> 40-47 ms. 1 ms
+# merged too little, 3-4 ms left the CPU idle. A lone post, or a few, is never held.
+LINGER_SECONDS = 0.002
+LINGER_FROM = 4  # posts already queued: the process is busy and more are on their way
 ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("leadsync_post_arrived", default=None)
 
 
@@ -154,8 +162,16 @@ class GroupCommit:
 
 
 async def _take(queue: asyncio.Queue[Any], most: int) -> list[Any]:
-    """Wait for one item, then take whatever else is already queued, up to `most`."""
+    """Wait for one item, then take whatever else is already queued, up to `most`; when that is a busy
+    batch (LINGER_FROM or more), wait LINGER_SECONDS more and take what arrived meanwhile."""
     items = [await queue.get()]
+    _drain(queue, items, most)
+    if LINGER_FROM <= len(items) < most:
+        await asyncio.sleep(LINGER_SECONDS)
+        _drain(queue, items, most)
+    return items
+
+
+def _drain(queue: asyncio.Queue[Any], items: list[Any], most: int) -> None:
     while len(items) < most and not queue.empty():
         items.append(queue.get_nowait())
-    return items

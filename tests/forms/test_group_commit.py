@@ -11,6 +11,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -21,13 +24,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from leadsync.config import Settings
+from leadsync.forms import group_commit
 from leadsync.forms.app import create_app
 from leadsync.forms.group_commit import GroupCommit
 from leadsync.forms.submit import store_batch
 from leadsync.storage.db import get_engine
-from leadsync.storage.submissions import NewSubmission
+from leadsync.storage.submissions import NewSubmission, StoreOutcome
 from leadsync.worker.enqueue import enqueue_submissions
 from tests.forms.test_forms_api import queued_tasks, submissions
+from tests.forms.test_overload import wait_until
 
 
 def new(n: int, **extra: object) -> NewSubmission:
@@ -162,3 +167,51 @@ def test_concurrent_http_posts_are_all_stored_and_each_published_once(settings: 
     assert sorted(published_ids(settings)) == sorted(answered)  # each published exactly once
     commits = app.state.group_commit
     assert len(queued_tasks(settings)) == commits.batches <= requests
+
+
+def _recording_writer(release: threading.Event) -> tuple[GroupCommit, list[int]]:
+    """A GroupCommit whose store records each batch's size and holds until `release` is set."""
+    sizes: list[int] = []
+
+    def store(batch: Sequence[NewSubmission]) -> list[StoreOutcome]:
+        sizes.append(len(batch))
+        release.wait(10)
+        return [StoreOutcome(created=True, submission_id=item.email) for item in batch]
+
+    return GroupCommit(store, lambda ids: True), sizes
+
+
+def test_a_busy_batch_waits_for_the_posts_on_their_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long linger here (production's is 2 ms) so a slow test machine cannot miss it.
+    monkeypatch.setattr(group_commit, "LINGER_SECONDS", 0.5)
+    release = threading.Event()
+    writer, sizes = _recording_writer(release)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(writer.store(new(0)))  # alone: committed at once, held in the store
+        await wait_until(lambda: sizes == [1], "the lone post was not committed at once")
+        busy = [asyncio.create_task(writer.store(new(n))) for n in range(1, 1 + group_commit.LINGER_FROM)]
+        await asyncio.sleep(0)  # queued behind the held commit
+        release.set()
+        await first
+        await wait_until(lambda: writer._pending.empty(), "the writer did not take the busy batch")
+        late = [asyncio.create_task(writer.store(new(n))) for n in (10, 11)]  # on their way: within the linger
+        await asyncio.gather(*busy, *late)
+
+    asyncio.run(scenario())
+    assert sizes == [1, group_commit.LINGER_FROM + 2]
+
+
+def test_a_few_posts_are_not_held_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_commit, "LINGER_SECONDS", 5.0)
+    release = threading.Event()
+    release.set()
+    writer, sizes = _recording_writer(release)
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        await asyncio.gather(*(writer.store(new(n)) for n in range(group_commit.LINGER_FROM - 1)))
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 2.5  # not the 5 s linger
+    assert sizes == [group_commit.LINGER_FROM - 1]
