@@ -193,3 +193,42 @@ def every_part(raw: bytes) -> list[EmailMessage]:
 
 def every_raw_confirm(smtp: SmtpSink) -> bytes:
     return next(mail.raw for mail in smtp.received if raw_header(mail.raw, "List-Unsubscribe"))
+
+
+def test_each_mime_boundary_only_delimits_its_parts_and_no_two_emails_share_one(
+    settings: Settings, monkeypatch, base_env, smtp: SmtpSink
+) -> None:
+    # compose sets the boundaries itself (Python's generator would check each against the text with a regex).
+    configured = wire_settings(monkeypatch, base_env, smtp)
+    mails = list(every_kind(configured, smtp).values())
+    smtp.clear()
+    mails += every_kind(configured, smtp, "bo@example.org").values()
+    seen: list[bytes] = []
+    for mail in mails:
+        boundaries = re.findall(rb'boundary="([^"]+)"', mail.raw)
+        assert boundaries, mail.raw[:300]
+        for boundary in boundaries:
+            lines = [line for line in mail.raw.split(b"\r\n") if boundary in line and b"boundary=" not in line]
+            assert lines and set(lines) <= {b"--" + boundary, b"--" + boundary + b"--"}, lines
+        seen += boundaries
+        parsed = email.message_from_bytes(mail.raw, policy=email.policy.default)
+        assert "text/plain" in [part.get_content_type() for part in parsed.walk()]
+    assert len(seen) == len(set(seen))  # 2 emails of each kind: every boundary its own
+
+
+def test_a_replaced_packet_pdf_goes_out_in_the_next_email(
+    settings: Settings, monkeypatch, base_env, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    packet = tmp_path / "packet.pdf"
+    packet.write_bytes(b"%PDF-1.4 first version\n%%EOF\n")
+    configured = wire_settings(monkeypatch, base_env, smtp, INFO_PACKET_PATH=str(packet))
+
+    def attachment(address: str) -> bytes:
+        smtp.clear()
+        raw = every_kind(configured, smtp, address)["info_packet"].raw
+        [pdf] = [p for p in email.message_from_bytes(raw, policy=email.policy.default).walk() if p.get_filename()]
+        return pdf.get_content()
+
+    assert attachment("first@example.org") == packet.read_bytes()
+    packet.write_bytes(b"%PDF-1.4 second version, staff updated it\n%%EOF\n")
+    assert attachment("second@example.org") == b"%PDF-1.4 second version, staff updated it\n%%EOF\n"

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import re
+import secrets
 import tomllib
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -188,13 +189,15 @@ def compose(kind: EmailKind | str, contact: Any, message_id: str, settings: Sett
         context["confirm_url"] = link(settings, "/newsletter/confirm", "confirm", contact, CONFIRM_TTL)
         context["unsubscribe_url"] = link(settings, "/newsletter/unsubscribe", "unsubscribe", contact, UNSUBSCRIBE_TTL)
 
-    sender = wire_address(settings.mail_from)
+    sender = _configured_address(settings.mail_from)
+    recipient = wire_address(contact.email)
     message = EmailMessage(policy=WIRE_POLICY)
     message["Subject"] = config["subject"]  # fixed text from emails.toml, never visitor text
-    message["From"] = sender
-    message["To"] = Address(addr_spec=wire_address(contact.email).addr_spec)  # the bare address: no visitor text
+    # As text, the header Python would make of the Address anyway: the same text every email, parsed once.
+    message["From"] = str(sender)
+    message["To"] = Address(username=recipient.username, domain=recipient.domain)  # bare address: no visitor text
     if settings.mail_reply_to:
-        message["Reply-To"] = wire_address(settings.mail_reply_to)
+        message["Reply-To"] = str(_configured_address(settings.mail_reply_to))
     message["Date"] = formatdate(localtime=False)
     # Stable across retries, so receivers can spot a duplicate.
     message["Message-ID"] = _structured("Message-ID", wire_message_id(message_id))
@@ -206,14 +209,37 @@ def compose(kind: EmailKind | str, contact: Any, message_id: str, settings: Sett
         message["List-Unsubscribe"] = _structured("List-Unsubscribe", f"<{context['unsubscribe_url']}>")
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message.set_content(environment.get_template(config["text"]).render(context), cte="quoted-printable")
+    message.make_alternative(boundary=_boundary())
     message.add_alternative(
         environment.get_template(config["html"]).render(context), subtype="html", cte="quoted-printable"
     )
     if config.get("attachment_name"):
-        message.add_attachment(
-            settings.info_packet_path.read_bytes(),
-            maintype="application",
-            subtype="pdf",
-            filename=config["attachment_name"],
+        path = settings.info_packet_path
+        version = path.stat()  # a file staff replaced (a new inode, size or time) is read again
+        message.make_mixed(boundary=_boundary())
+        message.attach(
+            _attachment(path, (version.st_ino, version.st_size, version.st_mtime_ns), config["attachment_name"])
         )
     return message
+
+
+@lru_cache(maxsize=8)
+def _configured_address(text: str) -> Address:
+    """MAIL_FROM / MAIL_REPLY_TO on the wire: the same for every email."""
+    return wire_address(text)
+
+
+def _boundary() -> str:
+    """A MIME boundary no part can contain: 96 random bits, and `=` and `_`, which quoted-printable writes as
+    `=3D`/`=5F` and base64 never writes. Python's generator would make one itself, but checks it against the
+    whole text with a regex compiled for each boundary: ~0.2 ms an email, a fifth of flattening it."""
+    return f"==_{secrets.token_hex(12)}_=="  # 30 characters: Content-Type stays one line
+
+
+@lru_cache(maxsize=4)
+def _attachment(path: Path, version: tuple[int, int, int], filename: str) -> EmailMessage:
+    """The packet PDF as a MIME part, base64-encoded once a file version rather than once an email. Shared by
+    every email: generating a message reads its parts and never changes a non-multipart one."""
+    part = EmailMessage(policy=WIRE_POLICY)
+    part.set_content(path.read_bytes(), maintype="application", subtype="pdf", filename=filename)  # an attachment
+    return part
