@@ -195,25 +195,20 @@ def every_raw_confirm(smtp: SmtpSink) -> bytes:
     return next(mail.raw for mail in smtp.received if raw_header(mail.raw, "List-Unsubscribe"))
 
 
-def test_each_mime_boundary_only_delimits_its_parts_and_no_two_emails_share_one(
+def test_each_mime_boundary_only_delimits_its_parts_and_nested_ones_differ(
     settings: Settings, monkeypatch, base_env, smtp: SmtpSink
 ) -> None:
     # compose sets the boundaries itself (Python's generator would check each against the text with a regex).
-    configured = wire_settings(monkeypatch, base_env, smtp)
-    mails = list(every_kind(configured, smtp).values())
-    smtp.clear()
-    mails += every_kind(configured, smtp, "bo@example.org").values()
-    seen: list[bytes] = []
+    mails = list(every_kind(wire_settings(monkeypatch, base_env, smtp), smtp).values())
     for mail in mails:
         boundaries = re.findall(rb'boundary="([^"]+)"', mail.raw)
-        assert boundaries, mail.raw[:300]
+        assert boundaries and len(set(boundaries)) == len(boundaries), boundaries  # each level its own
         for boundary in boundaries:
             lines = [line for line in mail.raw.split(b"\r\n") if boundary in line and b"boundary=" not in line]
             assert lines and set(lines) <= {b"--" + boundary, b"--" + boundary + b"--"}, lines
-        seen += boundaries
         parsed = email.message_from_bytes(mail.raw, policy=email.policy.default)
         assert "text/plain" in [part.get_content_type() for part in parsed.walk()]
-    assert len(seen) == len(set(seen))  # 2 emails of each kind: every boundary its own
+    assert any(len(re.findall(rb'boundary="', mail.raw)) == 2 for mail in mails)  # the packet: mixed(alternative)
 
 
 def test_a_replaced_packet_pdf_goes_out_in_the_next_email(
