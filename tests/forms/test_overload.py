@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -177,16 +177,23 @@ def test_a_post_that_reaches_the_commit_past_its_deadline_is_shed_and_not_stored
     engine.dispose()
 
 
-def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
-    # The door alone (forms/shedding.py) in front of an endpoint that answers 202 when the test lets it; the
-    # clock is the test's, so the measured rate is exact: 32 posts answered in the first 0.5 s = 64 posts/s.
-    now = [0.0]
-    release = asyncio.Event()
+def answers_202_when(release: asyncio.Event) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """An ASGI endpoint that answers 202 once `release` is set: posts stay in flight as long as a test wants."""
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await release.wait()
         await send({"type": "http.response.start", "status": 202, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
+
+    return endpoint
+
+
+def test_admission_follows_the_wait_the_measured_answer_rate_predicts() -> None:
+    # The door alone (forms/shedding.py) in front of an endpoint that answers 202 when the test lets it; the
+    # clock is the test's, so the measured rate is exact: 32 posts answered in the first 0.5 s = 64 posts/s.
+    now = [0.0]
+    release = asyncio.Event()
+    endpoint = answers_202_when(release)
 
     door = ShedLoad(
         endpoint,
@@ -239,11 +246,7 @@ def test_a_burst_below_the_floor_is_admitted_however_slow_the_process_just_was()
     # 10 posts/s, 64 posts in flight are admitted, the 65th is shed.
     now = [0.0]
     release = asyncio.Event()
-
-    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        await release.wait()
-        await send({"type": "http.response.start", "status": 202, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
+    endpoint = answers_202_when(release)
 
     door = ShedLoad(endpoint, GroupCommit(store_batch, enqueue_submissions), max_in_flight=128, clock=lambda: now[0])
 
