@@ -55,7 +55,7 @@ RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second;
 ADMISSION_DEADLINE_SECONDS = 0.5
 # A batch costs ~2.5 ms of the writer's CPU whatever its size (the rate-limit script, the publish, the commit's
 # round trips) plus ~50 us a post: ~240 us a post in batches of 16, ~150 in batches of 32 (`./bench/run
-# group_commit`; docs/benchmarks.md "Intake, fourth round"). Under `wrk -c64` two processes' batches
+# group_commit`; docs/benchmarks.md "Fourth round"). Under `wrk -c64` two processes' batches
 # alternated between two halves of ~16 (one half queued while the other committed); waiting 2 ms once a batch
 # is busy lets the other half join: web CPU a post 0.67-0.73 -> 0.55-0.61 ms, p99 52-64 -> 40-47 ms. 1 ms
 # merged too little, 3-4 ms left the CPU idle. A lone post, or a few, is never held.

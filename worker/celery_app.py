@@ -64,7 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     elif url.startswith(("redis://", "rediss://")):
         # kombu's Redis transport, publishing through one client a pool instead of a new one a message
         # (worker/redis_broker.py); rediss:// keeps kombu's own, whose TLS defaults go by the scheme's name.
-        url = url.replace("redis://", f"{redis_broker.SCHEME}://", 1) if url.startswith("redis://") else url
+        if url.startswith("redis://"):
+            url = f"{redis_broker.SCHEME}://{url.removeprefix('redis://')}"
         transport_options = {
             "visibility_timeout": TASK_TIME_LIMIT * 4,
             # Publishing fails fast instead of retrying for seconds: a request must never wait on a

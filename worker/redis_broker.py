@@ -3,7 +3,7 @@
 kombu's Redis channel builds a new `redis.Redis` for every message it publishes (`Channel._put` ->
 `conn_or_acquire` -> `_create_client`), and redis-py's constructor fills a case-insensitive table of ~80
 response callbacks each time: 0.45 ms of CPU, 40% of a whole Celery publish (1.05 ms, of which the LPUSH
-itself is 0.3 ms; `tests/worker/test_redis_broker.py`). The web publishes once a group commit, the worker once
+itself is 0.3 ms; docs/benchmarks.md "Fourth round"). The web publishes once a group commit, the worker once
 a batch of emails. A `redis.Redis` over a connection pool is thread-safe (each command borrows a pooled
 connection), so one client a pool serves every publish; when kombu drops its pools (a reconnect), the next
 publish builds a client over the new pool. Consuming (BRPOP, the async client) is kombu's, unchanged.
