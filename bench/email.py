@@ -3,10 +3,11 @@
 What it measures: --emails info-packet posts (distinct people) stored by `leadsync web` and turned into
 queued packet emails by an intake-only worker, which then stops; then the default worker (`leadsync worker
 --concurrency 2`, its reserved CRM process idle: no HubSpot token) starts and sends the backlog to an
-in-process aiosmtpd server (tests/support/services.py SmtpSink). The clock runs from the first message the
-server accepts to the last, so worker start-up is not timed. Each email still goes through the claim state
-machine (claim, attempt row, SMTP, sent), batched (worker/mail/sending.py `deliver_batch`: a transaction per
-25 emails) over one SMTP connection a batch (worker/mail/transport.py). PostgreSQL with its durable defaults.
+in-process aiosmtpd server (tests/support/services.py SmtpSink, which offers PIPELINING as relays do). The
+clock runs from the first message the server accepts to the last, so worker start-up is not timed. Each email
+still goes through the claim state machine (claim, attempt row, SMTP, sent), batched (worker/mail/sending.py
+`deliver_batch`: a transaction per 25 emails) over one SMTP connection a batch (worker/mail/transport.py).
+PostgreSQL with its durable defaults.
 The server keeps each message's envelope and bytes and parses them only after the clock stops (`RawSink`):
 the test suite's sink parses every message as it arrives, ~3 ms of this process's CPU each, which capped
 the measurement rather than the worker.

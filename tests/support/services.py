@@ -646,6 +646,16 @@ class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """Offer PIPELINING as Postfix, Exim and Gmail do (RFC 2920): aiosmtpd reads commands one line at a time
+        from its stream, so commands that arrive together are answered in order, as the RFC asks."""
+        session.host_name = hostname
+        if not self.sink.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
         if self.sink._drops_at("MAIL"):
             server.transport.close()  # no reply: the client finds the connection gone
@@ -678,7 +688,7 @@ class _SinkHandler:
         return "250 Message accepted for delivery"
 
 
-_RECORDED_VERBS = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA")
+_RECORDED_VERBS = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "RSET")
 _SMTP_LOG = "mail.log"  # aiosmtpd's logger
 
 
@@ -711,6 +721,12 @@ def _recording_smtp_class() -> type:
         @functools.wraps(parent)  # keeps aiosmtpd's syntax markers (STARTTLS is offered only with TLS set up)
         async def method(self: Any, arg: str | None) -> Any:
             self.sink_commands.append(verb)
+            if self._reader._buffer:  # more input already waits: the client sent on without this reply
+                self.sink.early.append(verb)
+                if not self.sink.pipelining:  # as Postfix (smtpd_forbid_unauth_pipelining, on since 3.9)
+                    await self.push("554 5.5.0 Error: improper command pipelining")
+                    self.transport.close()
+                    return None
             return await parent(self, arg)
 
         return method
@@ -765,7 +781,10 @@ class SmtpSink(_Closable):
     password)`` it requires AUTH PLAIN/LOGIN from clients before MAIL. ``tls``: ``"none"`` (plain,
     AUTH offered in clear), ``"starttls"`` (STARTTLS offered and required before anything else, AUTH
     only after it) or ``"implicit"`` (TLS from the first byte, as on port 465), with ``certificate``
-    (see ``make_test_certificate``). ``commands`` lists the command verbs clients sent, in order.
+    (see ``make_test_certificate``). ``pipelining``: PIPELINING is offered in the EHLO answer (RFC 2920), as
+    relays do; False for a server without it, which then refuses a client that pipelines anyway, as Postfix
+    does. ``commands`` lists the command verbs clients sent, in order; ``early`` those that arrived before the
+    reply to the command ahead of them (pipelined).
     aiosmtpd's own log goes to ``log_path``.
     """
 
@@ -775,6 +794,7 @@ class SmtpSink(_Closable):
         auth: tuple[str, str] | None = None,
         tls: Literal["none", "starttls", "implicit"] = "none",
         certificate: TestCertificate | None = None,
+        pipelining: bool = True,
     ) -> None:
         if (tls == "none") != (certificate is None):
             raise ValueError("a certificate is needed for tls='starttls'/'implicit', and only then")
@@ -783,7 +803,9 @@ class SmtpSink(_Closable):
         self.auth = auth
         self.tls = tls
         self.certificate = certificate
+        self.pipelining = pipelining
         self.commands: list[str] = []
+        self.early: list[str] = []  # verbs that arrived before the reply to the command ahead of them
         self.log_path = _quiet_aiosmtpd_log()
         self._received: list[ReceivedMail] = []
         self.rejections = 0
@@ -825,6 +847,7 @@ class SmtpSink(_Closable):
             def factory(self) -> Any:
                 server = _recording_smtp_class()(self.handler, **self.SMTP_kwargs)
                 server.sink_commands = sink.commands
+                server.sink = sink
                 return server
 
         controller = RecordingController(
@@ -892,6 +915,7 @@ class SmtpSink(_Closable):
         with self._cond:
             self._received.clear()
             self.commands.clear()
+            self.early.clear()
             self.rejections = 0
             self._failure = None
 
