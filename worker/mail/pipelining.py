@@ -30,8 +30,9 @@ LEADING_DOT = re.compile(rb"(?m)^\.")  # RFC 5321 4.5.2: a line that starts with
 class Pipelining(smtplib.SMTP):
     """smtplib.SMTP whose `sendmail` pipelines MAIL, RCPT and DATA when the server offers PIPELINING."""
 
-    # Whether this message's DATA went out: from then on the server may hold it, and the transport must not send
-    # it again itself (transport.py). Reset by the transport before each message.
+    # Whether this message's content may have reached the server (pipelined: after the 354; smtplib's own path:
+    # from its DATA command): from then on the server may hold it, and the transport must not send it again
+    # itself (transport.py). Reset by the transport before each message.
     data_started = False
 
     def data(self, msg: bytes | str) -> tuple[int, bytes]:  # smtplib's own path, without PIPELINING
