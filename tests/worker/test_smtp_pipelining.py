@@ -20,7 +20,7 @@ from email.message import EmailMessage
 import pytest
 
 from leadsync.config import Settings
-from leadsync.worker.mail.transport import PermanentMailError, SmtpTransport, TemporaryMailError
+from leadsync.worker.mail.transport import PermanentMailError, SmtpTransport, TemporaryMailError, plan_connection
 from tests.support.services import LOOPBACK, SmtpSink, free_port
 
 
@@ -62,6 +62,13 @@ def test_a_relay_offering_pipelining_gets_mail_rcpt_and_data_together(smtp: Smtp
     assert [mail.rcpt_tos for mail in smtp.received] == [(f"reader{n}@example.org",) for n in range(3)]
     # Dot-stuffing (RFC 5321 4.5.2) undone by the server: the body arrives as written, the lone "." included.
     assert b"\r\n.a line that starts with a dot\r\n..and one with two\r\n.\r\n" in smtp.received[1].raw
+
+
+def test_an_smtputf8_envelope_is_left_to_smtplib_one_command_at_a_time(smtp: SmtpSink) -> None:
+    smtp_client = transport_to(smtp.host, smtp.port)._open(plan_connection(smtp.host, smtp.port, "auto", False))
+    smtp_client.sendmail("a@clinic.example", ["jörg@example.org"], b"Subject: x\r\n\r\nhi\r\n", ["SMTPUTF8"])
+    smtp_client.quit()
+    assert smtp.early == [] and [mail.rcpt_tos for mail in smtp.received] == [("jörg@example.org",)]
 
 
 def test_a_relay_without_pipelining_gets_one_command_at_a_time() -> None:

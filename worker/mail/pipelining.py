@@ -48,14 +48,13 @@ class Pipelining(smtplib.SMTP):
         rcpt_options: Sequence[str] = (),
     ) -> dict[str, tuple[int, bytes]]:
         self.ehlo_or_helo_if_needed()
-        if not self.has_extn("pipelining") or not isinstance(msg, bytes):
+        # SMTPUTF8 (never sent: worker/mail/addresses.py keeps envelopes ASCII) stays with smtplib, which switches
+        # the command encoding and checks the server's offer.
+        utf8 = any(option.lower() == "smtputf8" for option in mail_options)
+        if not self.has_extn("pipelining") or not isinstance(msg, bytes) or utf8:
             return super().sendmail(from_addr, to_addrs, msg, mail_options, rcpt_options)
         recipients = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
         options = ([f"SIZE={len(msg)}"] if self.has_extn("size") else []) + list(mail_options)
-        if any(option.lower() == "smtputf8" for option in options):  # as smtplib.SMTP.mail
-            if not self.has_extn("smtputf8"):
-                raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
-            self.command_encoding = "utf-8"
         commands = [f"MAIL FROM:{smtplib.quoteaddr(from_addr)}{_options(options)}"]
         commands += [f"RCPT TO:{smtplib.quoteaddr(to)}{_options(rcpt_options)}" for to in recipients]
         commands.append("DATA")
