@@ -100,6 +100,14 @@ def test_a_refusal_in_a_pipelined_group_is_classified_and_the_connection_goes_on
     assert [mail.rcpt_tos for mail in smtp.received] == [("reader1@example.org",), ("reader2@example.org",)]
 
 
+def test_a_421_in_a_pipelined_group_closes_and_the_next_message_goes_over_a_fresh_connection(smtp: SmtpSink) -> None:
+    smtp.fail_next(1, code=421, text="4.3.2 Service shutting down", at="RCPT")  # the server is closing
+    transport = transport_to(smtp.host, smtp.port)
+    assert send_all(transport, [message(n) for n in range(2)]) == ["TemporaryMailError", "sent"]
+    assert transport.connections == 2 and "RSET" not in smtp.commands  # closed, not reset
+    assert [mail.rcpt_tos for mail in smtp.received] == [("reader1@example.org",)]
+
+
 def test_a_sender_refused_in_a_pipelined_group_sends_nothing() -> None:
     sink = SmtpSink(auth=("leadsync", "s3cret")).start()  # MAIL before AUTH: 530, then RCPT and DATA refused
     try:

@@ -76,7 +76,7 @@ class Pipelining(smtplib.SMTP):
             self._abandon(sender[0])
             raise smtplib.SMTPSenderRefused(sender[0], sender[1], from_addr)
         if len(refused) == len(recipients):
-            self._abandon(421 if any(code == 421 for code, _ in refused.values()) else 0)
+            self._abandon(*(code for code, _ in refused.values()))
             raise smtplib.SMTPRecipientsRefused(refused)
         if data[0] != 354:
             self._abandon(data[0])
@@ -92,9 +92,9 @@ class Pipelining(smtplib.SMTP):
             raise smtplib.SMTPDataError(code, text)
         return refused
 
-    def _abandon(self, code: int) -> None:
+    def _abandon(self, *codes: int) -> None:
         """After a refusal: a 421 means the server is closing, so close; else RSET for the next message."""
-        if code == 421:
+        if 421 in codes:
             self.close()
             return
         with contextlib.suppress(smtplib.SMTPServerDisconnected):
