@@ -193,10 +193,10 @@ def drain(ids: list[str], batch: int, env: dict[str, str], workdir: Path, timeou
 
 def measure(services: dict[str, str], workdir: Path, backlog: int, batch: int, tag: str = "") -> dict[str, float]:
     """Seed `backlog` submissions into the database in `services` and drain them with one worker."""
-    from leadsync.storage.db import get_engine
+    from leadsync.storage.db import dispose_engines
 
     env = leadsync_env(services, workdir)
-    get_engine.cache_clear()
+    dispose_engines()
     ids = seed_backlog(backlog, tag)
     result = drain(ids, batch, env, workdir)
     from sqlalchemy import func, select

@@ -53,10 +53,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-@lru_cache(maxsize=4)
+_ENGINES: dict[str, Engine] = {}
+
+
 def get_engine(url: str | None = None) -> Engine:
-    """The process-wide engine for `url` (default: the configured database)."""
-    return make_engine(url or get_settings().sqlalchemy_url)
+    """The process-wide engine for `url` (default: the configured database): one a URL, however it is asked
+    for. (An lru_cache on `url` held two for one database, `get_engine()` and `get_engine(None)`, and a
+    worker child disposed of the one its sessions did not use.)"""
+    url = url or get_settings().sqlalchemy_url
+    engine = _ENGINES.get(url)
+    if engine is None:  # two threads at once: both make one, one is kept (an engine connects only when used)
+        engine = _ENGINES.setdefault(url, make_engine(url))
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every engine made so far and forget them: the next `get_engine()` reads the settings again."""
+    for engine in list(_ENGINES.values()):
+        engine.dispose()
+    _ENGINES.clear()
+    _sessionmaker.cache_clear()
 
 
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
@@ -67,7 +83,7 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
 def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """One sessionmaker an engine: each new one is a new Session subclass whose event dispatch SQLAlchemy builds
     again on its first session (~0.3 ms of CPU, a third of the web's commit of a batch before; docs/benchmarks.md).
-    A new engine (tests switching databases, get_engine.cache_clear()) gets its own."""
+    A new engine (tests switching databases, `dispose_engines()`) gets its own."""
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 

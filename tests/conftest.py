@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from leadsync.config import Settings, get_settings
-from leadsync.storage.db import get_engine
+from leadsync.storage.db import dispose_engines, get_engine
 from leadsync.storage.migrate import upgrade
 from leadsync.worker import tasks
 from leadsync.worker.celery_app import reconfigure
@@ -29,9 +29,7 @@ def apply_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Sett
         monkeypatch.setenv(name, value)
     for cached in (get_settings, clients.crm_client, clients.crm_mapping, tasks.mail_transport):
         cached.cache_clear()
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()  # the cached engine for the old DATABASE_URL
-    get_engine.cache_clear()
+    dispose_engines()  # the engines for the old DATABASE_URL
     settings = get_settings()
     reconfigure(settings)
     return settings
@@ -101,7 +99,7 @@ def production_env(
         "DATABASE_URL": postgres_server.create_database(name),
         "BROKER_URL": redis_server.url,
     }
-    get_engine.cache_clear()
+    dispose_engines()
     for server in (postgres_server, redis_server):
         if not server.running:  # this test stopped it
             server.start()
