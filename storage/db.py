@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -16,9 +17,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadsync.config import get_settings
+
+# A pooled connection idle this long is pinged before use (see `_ping_after_idle`); under load a web's writer
+# and a worker's connections come back within milliseconds, and a server restart takes longer than this.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -29,8 +35,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        kwargs.setdefault("pool_pre_ping", True)
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        _ping_after_idle(engine)
+        return engine
 
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +58,33 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it sat idle PING_AFTER_IDLE_SECONDS or longer.
+
+    Why not SQLAlchemy's pool_pre_ping: it pings on every checkout, a round trip before each group commit.
+    Under `wrk -c64` that round trip was a fifth of the intake's rate (`./bench/run intake`, docs/benchmarks.md
+    "Sixth round"): a post waits for its batch's whole commit, round trips included. A connection used a moment
+    ago is as alive as a ping would show; the ones a restarted server, a failover or a firewall's idle
+    timeout broke have sat idle, and are tested and replaced as before (DisconnectionError: the pool
+    reconnects). A server lost within that moment shows on the statement itself: a batch of new leads is then
+    sent again over a new connection (storage/submissions.py), anything else fails as it would mid-statement.
+    """
+
+    @event.listens_for(engine, "connect")  # a new connection has just answered
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", float("-inf")) < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError(f"connection failed its ping after idling: {error!r}") from error
 
 
 _ENGINES: dict[str, Engine] = {}

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,12 +32,14 @@ from typing import Any
 
 from sqlalchemy import TextClause, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from leadsync.storage.models import SpamCount, Submission, SubmissionStatus, new_id, utcnow
 
+log = logging.getLogger(__name__)
 SPAM_SAMPLE_PER_DAY = 20  # spam rows kept whole-ish per day, form and reason: enough to see what a bot sends
+PRIMARY_KEY = "submissions_pkey"  # PostgreSQL's name for it (no name is given in the migrations)
 SAMPLE_TEXT = 200  # characters of each text kept in a sample row (a row stays under ~3 KB)
 
 
@@ -105,6 +108,9 @@ def store_submissions(session: Session, batch: Sequence[NewSubmission]) -> list[
             known[new.idempotency_key] = _Keyed(row["id"], new.form, new.request_hash)
         rows.append(row)
         outcomes.append(StoreOutcome(row["id"], created=True))
+    # A batch of new leads and nothing else is one statement: run alone (autocommit) it is as atomic as a
+    # transaction and saves the BEGIN and COMMIT round trips, a third of the writer's time on a busy machine.
+    alone = not keys and not spam and not session.in_transaction()
     try:
         if spam:
             for index, row in _count_spam(session, spam):
@@ -113,7 +119,7 @@ def store_submissions(session: Session, batch: Sequence[NewSubmission]) -> list[
                 if row["idempotency_key"]:
                     known[row["idempotency_key"]] = _Keyed(row["id"], row["form"], row["request_hash"])
         if rows:
-            _insert(session, rows)
+            _insert(session, rows, alone)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -125,16 +131,39 @@ def store_submissions(session: Session, batch: Sequence[NewSubmission]) -> list[
         key = batch[0].idempotency_key
         assert key is not None
         return [_replay(_first_with_key(session, key), batch[0])]
+    except DBAPIError as error:
+        session.rollback()
+        if not (alone and error.connection_invalidated):
+            raise
+        _insert_again(session, rows)
     return outcomes
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+def _insert_again(session: Session, rows: list[dict[str, Any]]) -> None:
+    """A batch of new leads whose one statement lost its connection, sent once more over a new one.
+
+    Its rows keep their ids, so whether the first one landed (committed before the answer was lost) is
+    read from the primary key: taken means stored, and the batch is not stored twice.
+    """
+    try:
+        _insert(session, rows, alone=True)
+        session.commit()
+    except IntegrityError as error:
+        session.rollback()
+        if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != PRIMARY_KEY:
+            raise
+        log.info("a batch of %d lead(s) had landed before its connection was lost", len(rows))
+
+
+def _insert(session: Session, rows: list[dict[str, Any]], alone: bool = False) -> None:
     """One INSERT for the batch. On PostgreSQL the rows travel as one JSON document that the server unpacks
     (json_populate_recordset): one statement and one parameter, where executemany sends a statement per row
     and converts four JSON columns a row in Python; half the writer's CPU a post (docs/benchmarks.md).
     Elsewhere (SQLite), Core's executemany; Core, not ORM objects, either way: building and flushing those was
     a third of the request path's CPU."""
     if session.get_bind().dialect.name == "postgresql":
+        if alone:
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         session.execute(_populate(tuple(rows[0])), {"rows": json.dumps(rows, default=_json_value)})
     else:
         session.execute(insert(Submission.__table__), rows)
