@@ -206,9 +206,17 @@ def _thank_you(form: str, settings: Settings, post: FormPost, page_url: str | No
 
 
 def _accepted(form: str, submission_id: str) -> Accepted:
-    # Written as Starlette's JSONResponse writes JSON (compact, UTF-8), like every other answer of the API.
-    answer = {"status": "accepted", "id": submission_id, "message": MESSAGES[form]}
-    return Accepted(json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode())
+    # Written as Starlette's JSONResponse writes JSON (compact, UTF-8), like every other answer of the API, from
+    # parts encoded once: json.dumps was ~2% of a post's CPU. An id is 32 hex digits (models.new_id): no escaping.
+    if not submission_id.isalnum():
+        answer = {"status": "accepted", "id": submission_id, "message": MESSAGES[form]}
+        return Accepted(json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode())
+    return Accepted(b'{"status":"accepted","id":"%s",%s' % (submission_id.encode(), _ACCEPTED_TAIL[form]))
+
+
+_ACCEPTED_TAIL = {
+    form: b'"message":%s}' % json.dumps(message, ensure_ascii=False).encode() for form, message in MESSAGES.items()
+}
 
 
 def _errors(status: int, errors: dict[str, str], html: bool, form: str) -> Response:
