@@ -48,6 +48,10 @@ def test_json_post_is_stored_enqueued_and_answered_202(client: TestClient, setti
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "accepted" and body["message"] == "Thanks for your interest!"
+    # The bytes, as every other JSON answer is written (compact, UTF-8), and their declared length.
+    assert response.content == json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
 
     [row] = submissions()
     assert row.id == body["id"]
