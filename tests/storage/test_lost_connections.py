@@ -4,6 +4,7 @@ attempt had landed (storage/submissions.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -120,10 +121,8 @@ class CutAfterCommit:
         except OSError:
             pass
         for end in (source, sink):  # shutdown, not only close: it wakes the other direction's recv
-            try:
+            with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             end.close()
 
     def close(self) -> None:
