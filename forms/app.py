@@ -13,7 +13,6 @@ from importlib.resources import files
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -23,11 +22,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leadsync import logs, status_metrics
 from leadsync.config import Settings, get_settings
 from leadsync.forms import subscriptions
+from leadsync.forms.edge import Edge
 from leadsync.forms.group_commit import GroupCommit, Overloaded
 from leadsync.forms.health import healthz, readyz
 from leadsync.forms.openapi import openapi_document
 from leadsync.forms.pages import demo, thank_you
-from leadsync.forms.security import SecurityHeadersMiddleware, UnwrapMappedClient, require_ops_token
+from leadsync.forms.security import require_ops_token
 from leadsync.forms.shedding import OVERLOADED_MESSAGE as OVERLOADED_MESSAGE  # tests and pages import it here
 from leadsync.forms.shedding import ShedLoad, overloaded
 from leadsync.forms.spam import SpamGuard
@@ -112,11 +112,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         count=spam_guard.count,
     )
     middleware = [
-        Middleware(UnwrapMappedClient),  # first: every rule after it sees 203.0.113.9, not ::ffff:203.0.113.9
-        # Around CORS, so its preflight answers carry the headers too.
-        Middleware(SecurityHeadersMiddleware, hsts=settings.public_base_url.startswith("https://")),
+        # First: every rule after it sees 203.0.113.9, not ::ffff:203.0.113.9, and every answer (a preflight's,
+        # a 503's) carries the security and CORS headers.
         Middleware(
-            CORSMiddleware,
+            Edge,
+            hsts=settings.public_base_url.startswith("https://"),
             allow_origins=settings.allowed_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Idempotency-Key"],

@@ -1,4 +1,4 @@
-"""Web security for every response, the client address every per-IP rule sees, and the OPS_TOKEN check of
+"""Web security: the headers every response carries (added by forms/edge.py) and the OPS_TOKEN check of
 operations endpoints (the policy itself is leadsync/ops_auth.py, shared with the CLI).
 
 Example (an operations endpoint):
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadsync import ops_auth
 from leadsync.config import Settings
@@ -39,52 +38,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
 }
-
-
-class SecurityHeadersMiddleware:
-    """Adds SECURITY_HEADERS (and HSTS when PUBLIC_BASE_URL is https) to every HTTP response, errors included."""
-
-    def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
-        self.app = app
-        headers = dict(SECURITY_HEADERS)
-        if hsts:
-            headers["Strict-Transport-Security"] = "max-age=31536000"
-        self._raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(name, value) for name, value in self._raw if name not in present]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class UnwrapMappedClient:
-    """`::ffff:203.0.113.9` -> `203.0.113.9` in the ASGI scope's client, before any route reads it.
-
-    uvicorn bound to `::` reports IPv4 visitors like that; left as is, every IPv4 visitor would share one
-    IPv6 /64 rate-limit bucket. Runs inside uvicorn's ProxyHeadersMiddleware, so it sees (and unwraps) the
-    forwarded address when the proxy is trusted (FORWARDED_ALLOW_IPS). Stored IPs and consent records are
-    unwrapped too, since they read the same scope.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        if client and client[0] and client[0].startswith("::ffff:"):
-            from leadsync.forms.spam import unwrap_ip  # spam imports schemas; keep this module import-light
-
-            scope = {**scope, "client": (unwrap_ip(client[0]), client[1])}
-        await self.app(scope, receive, send)
+STRICT_TRANSPORT_SECURITY = "max-age=31536000"  # a year; sent only when PUBLIC_BASE_URL is https
 
 
 def require_ops_token(request: Request) -> JSONResponse | None:
