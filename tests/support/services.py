@@ -702,7 +702,11 @@ def _quiet_aiosmtpd_log() -> Path:
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             return Path(handler.baseFilename)
-    path = _make_temp_dir("leadsync-smtp-log-") / "aiosmtpd.log"
+    directory = _make_temp_dir("leadsync-smtp-log-")
+    # One a process, removed when it ends: a failing test's report has read the lines by then (300 of these
+    # were left in /tmp by a day of test and benchmark runs).
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = directory / "aiosmtpd.log"
     handler = logging.FileHandler(path, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
