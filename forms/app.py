@@ -7,7 +7,6 @@ Example:
 from __future__ import annotations
 
 import gc
-import uuid
 from importlib.resources import files
 
 from starlette.applications import Starlette
@@ -17,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from leadsync import logs, status_metrics
+from leadsync import status_metrics
 from leadsync.config import Settings, get_settings
 from leadsync.forms import subscriptions
 from leadsync.forms.edge import Edge
@@ -53,26 +52,6 @@ async def metrics_endpoint(request: Request) -> Response:
         return refused
     body, content_type = await run_in_threadpool(status_metrics.render, request.app.state.metrics)
     return Response(body, media_type=content_type)
-
-
-class LogContext:
-    """Every log line of one request carries its request id (X-Request-ID if the proxy sent one)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
-        logs.clear()
-        logs.bind(request_id=request_id)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            logs.clear()
 
 
 class SnippetFiles(StaticFiles):

@@ -1,5 +1,5 @@
-"""The app's edge, one ASGI layer: the client address every rule sees, CORS, and the security headers of every
-answer.
+"""The app's edge, one ASGI layer: the client address every rule sees, the request's log id, CORS, and the
+security headers of every answer.
 
 These were three middlewares (ours for the address and the headers, Starlette's CORSMiddleware), three calls
 and three wrappers of `send` a request, and Starlette's CORS builds a `Headers` and a `MutableHeaders` a
@@ -21,6 +21,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leadsync import logs
 from leadsync.forms.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -35,6 +36,7 @@ class Edge(CORSMiddleware):
     share one IPv6 /64 rate-limit bucket. It runs inside uvicorn's ProxyHeadersMiddleware, so it sees (and
     unwraps) the forwarded address when the proxy is trusted (FORWARDED_ALLOW_IPS); stored IPs and consent
     records read the same scope.
+    The log id: every line logged for the request carries `request_id` (leadsync/logs.py `begin_request`).
     The security headers: each is added unless the answer set its own.
     """
 
@@ -50,6 +52,7 @@ class Edge(CORSMiddleware):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        logs.begin_request(scope["headers"])
         client = scope.get("client")
         if client and client[0] and client[0].startswith("::ffff:"):
             from leadsync.forms.spam import unwrap_ip  # spam imports schemas; keep this module import-light

@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from starlette.testclient import TestClient
 
 from leadsync import logs
+from leadsync.config import Settings
+from leadsync.forms.app import create_app
 
 
 @pytest.mark.parametrize(
@@ -109,3 +113,21 @@ def test_console_format_is_for_people(capsys: pytest.CaptureFixture[str]) -> Non
         logger.propagate = True
     text = buffer.getvalue()
     assert "packet for [email] queued" in text and not text.startswith("{")
+
+
+def test_each_request_s_lines_carry_its_request_id_and_the_writer_s_lines_none(
+    captured: io.StringIO, settings: Settings
+) -> None:
+    """README "Logs": requests carry `request_id`, X-Request-ID if the proxy sent one (forms/edge.py)."""
+    refused = {"email": "not an address", "first_name": "Ann"}
+    with TestClient(create_app(settings)) as client:
+        proxied = client.post("/forms/info-packet", json=refused, headers={"X-Request-ID": "nginx-7f3a"})
+        answers = [proxied, *(client.post("/forms/info-packet", json=refused) for _ in range(2))]
+        answers.append(client.post("/forms/newsletter", json={"email": "ann@example.org"}))
+    assert [answer.status_code for answer in answers] == [422, 422, 422, 202]
+    refusals = [line for line in lines(captured) if line["event"].startswith("post to info-packet refused")]
+    stored = [line for line in lines(captured) if line["event"].startswith("stored 1 submission")]
+    assert [line["request_id"] for line in refusals[:1]] == ["nginx-7f3a"]
+    made = [line["request_id"] for line in refusals[1:]]
+    assert len(made) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in made) and made[0] != made[1]
+    assert stored and all("request_id" not in line for line in stored)  # the writer serves a batch, not a request
