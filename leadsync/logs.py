@@ -22,7 +22,7 @@ import logging.config
 import re
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -100,26 +100,36 @@ def _rename_logger(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-# The HTTP request this task serves: its headers, then its id once a line needed one. Set by forms/edge.py for
-# every request; uvicorn runs each request in a task of its own, so it is that request's alone.
-_REQUEST: ContextVar[list[Any] | None] = ContextVar("leadsync_request", default=None)
+class _Request:
+    """The HTTP request a task serves: its headers, and its log id once a line needed one."""
+
+    __slots__ = ("headers", "id")
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.id: str | None = None
 
 
-def begin_request(headers: Iterable[tuple[bytes, bytes]]) -> None:
+# Set by forms/edge.py for every request; uvicorn runs each request in a task of its own, so it is that
+# request's alone.
+_REQUEST: ContextVar[_Request | None] = ContextVar("leadsync_request", default=None)
+
+
+def begin_request(headers: Sequence[tuple[bytes, bytes]]) -> None:
     """Every line logged while this request is served carries `request_id`: the proxy's X-Request-ID when it
     sent a printable one (nginx's $request_id, deploy/nginx), else one made for the request. Made only when a
     line is written: most posts log none of their own (one line a commit), and a uuid4 a post would cost ~2 µs."""
-    _REQUEST.set([headers, None])
+    _REQUEST.set(_Request(headers))
 
 
 def _add_request_id(_: Any, __: str, event_dict: EventDict) -> EventDict:
     request = _REQUEST.get()
     if request is not None and "request_id" not in event_dict:
-        if request[1] is None:
-            sent = next((value for name, value in request[0] if name == b"x-request-id"), b"")
+        if request.id is None:
+            sent = next((value for name, value in request.headers if name == b"x-request-id"), b"")
             text = sent.decode("latin-1")[:64]
-            request[1] = text if text and text.isprintable() else uuid.uuid4().hex
-        event_dict["request_id"] = request[1]
+            request.id = text if text and text.isprintable() else uuid.uuid4().hex
+        event_dict["request_id"] = request.id
     return event_dict
 
 
