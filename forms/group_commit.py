@@ -48,10 +48,11 @@ from leadsync.storage.submissions import NewSubmission, StoreOutcome
 log = structlog.get_logger(__name__)
 Waiter = tuple[NewSubmission, "asyncio.Future[StoreOutcome]"]
 RETRY_AFTER_SECONDS = 2  # a queue of INTAKE_QUEUE_MAX drains in about a second; the snippet retries once
-# A post that reaches the queue later than this after it arrived (forms/shedding.py ShedLoad sets ARRIVED) is
-# answered 503 instead of stored: past saturation an admitted post waits for the CPU, and without a deadline
-# the tail of the 202s grew past 2 s at -c 256 on a busy machine (docs/benchmarks.md "Under pressure"). The
-# aim: a 202 within 0.5 s + one commit; the rest of the wait is in front of the app (uvicorn, the loop).
+# A post admitted past ShedLoad's floor (forms/shedding.py sets ARRIVED for those only) that reaches the queue
+# later than this after it arrived is answered 503 instead of stored: past saturation an admitted post waits
+# for the CPU, and without a deadline the tail of the 202s grew past 2 s at -c 256 on a busy machine
+# (docs/benchmarks.md "Under pressure"). The aim: a 202 within 0.5 s + one commit; the rest of the wait is in
+# front of the app (uvicorn, the loop).
 ADMISSION_DEADLINE_SECONDS = 0.5
 # A batch costs ~2.5 ms of the writer's CPU whatever its size (the rate-limit script, the publish, the commit's
 # round trips) plus ~50 us a post: ~240 us a post in batches of 16, ~150 in batches of 32 (`./bench/run

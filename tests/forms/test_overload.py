@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -174,6 +174,79 @@ def test_a_post_that_reaches_the_commit_past_its_deadline_is_shed_and_not_stored
     engine = create_engine(settings.database_url)
     with engine.connect() as connection:
         assert set(connection.scalars(select(Submission.email))) == {"on-time@example.org"}
+    engine.dispose()
+
+
+async def body_after(seconds: float, body: bytes) -> AsyncIterator[bytes]:
+    """A request body sent `seconds` after its headers, as from a visitor on a slow line."""
+    await asyncio.sleep(seconds)
+    yield body
+
+
+def test_a_post_below_the_floor_is_stored_however_long_its_body_took(settings: Settings) -> None:
+    # Below MIN_IN_FLIGHT a post is always taken: no admission deadline, which its upload (or a cold process,
+    # the 503 of tests/integration/test_topology.py in a CI-like run) would otherwise use up.
+    app = create_app(settings)
+    slow = ADMISSION_DEADLINE_SECONDS + 0.2
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            body = body_after(slow, b'{"email": "slow-line@example.org"}')
+            return await client.post("/forms/newsletter", content=body, headers={"Content-Type": "application/json"})
+
+    started = time.monotonic()
+    answer = asyncio.run(scenario())
+    assert time.monotonic() - started >= slow  # the body really came late
+    assert answer.status_code == 202, answer.text
+    engine = create_engine(settings.database_url)
+    with engine.connect() as connection:
+        assert list(connection.scalars(select(Submission.email))) == ["slow-line@example.org"]
+    engine.dispose()
+    assert app.state.group_commit.shed == 0
+
+
+def test_a_post_admitted_past_the_floor_that_reaches_its_commit_late_is_shed(settings: Settings) -> None:
+    # Past the floor the door marks when a post came in, and the group commit turns it away when the post
+    # reaches it after the deadline: 503, nothing stored. A floor of 1: the first post in flight is under it.
+    commits = GroupCommit(store_batch, enqueue_submissions)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:  # the body first, as forms/submit.py reads it before its commit
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        new = NewSubmission(form="newsletter", email=body.decode(), fields={}, raw={})
+        try:
+            status = 202 if (await commits.store(new)).created else 500
+        except Overloaded:
+            status = 503
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    door = ShedLoad(endpoint, commits, max_in_flight=10, min_in_flight=1)
+    release = asyncio.Event()
+
+    async def held_body() -> AsyncIterator[bytes]:
+        await release.wait()
+        yield b"first@example.org"
+
+    async def scenario() -> list[int]:
+        transport = httpx.ASGITransport(app=door)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leadsync.test") as client:
+            first = asyncio.create_task(client.post("/forms/newsletter", content=held_body()))
+            await wait_until(lambda: door.in_flight == 1, "the first post was not admitted")
+            late = client.post("/forms/newsletter", content=body_after(ADMISSION_DEADLINE_SECONDS + 0.2, b"late@x.org"))
+            late_answer = await late
+            release.set()
+            return [late_answer.status_code, (await first).status_code]
+
+    assert asyncio.run(scenario()) == [503, 202]
+    engine = create_engine(settings.database_url)
+    with engine.connect() as connection:
+        assert list(connection.scalars(select(Submission.email))) == ["first@example.org"]
     engine.dispose()
 
 
