@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from leadsync.config import Settings
@@ -212,12 +213,7 @@ def test_a_post_admitted_past_the_floor_that_reaches_its_commit_late_is_shed(set
     commits = GroupCommit(store_batch, enqueue_submissions)
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:  # the body first, as forms/submit.py reads it before its commit
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()  # the body first, as forms/submit.py reads it before its commit
         new = NewSubmission(form="newsletter", email=body.decode(), fields={}, raw={})
         try:
             status = 202 if (await commits.store(new)).created else 500
